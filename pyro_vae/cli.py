@@ -1,0 +1,185 @@
+"""The ``pyro-vae`` command.
+
+    pyro-vae train [key=value ...] [-m]     train (Hydra overrides; -m for a sweep)
+    pyro-vae evaluate RUN_DIR [key=value]   test ELBO and importance-sampled log p(x)
+    pyro-vae plot RUN_DIR [key=value]       the run's figures
+
+``train`` is a Hydra application: ``pyro-vae train --help`` lists the config groups and
+``pyro-vae train --cfg job`` prints the composed configuration without training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .rundir import RunDirError
+
+USAGE = """usage: pyro-vae COMMAND [ARGS]
+
+commands:
+  train [key=value ...]          train a VAE with Pyro SVI (Hydra overrides, -m to sweep)
+  evaluate RUN_DIR [key=value]   test ELBO and importance-sampled log-likelihood
+                                 keys: num_samples (K, default from the run: 1000),
+                                       checkpoint (last.pt), device, seed
+  plot RUN_DIR [key=value]       ELBO curves, 2-D manifold, samples, reconstructions
+                                 keys: checkpoint (last.pt)
+
+examples:
+  pyro-vae train                                    # the paper's MNIST model, defaults
+  pyro-vae train dataset=frey_face latent_dim=2 epochs=100
+  pyro-vae train --cfg job                          # show the configuration
+  pyro-vae evaluate runs/mnist/2026-01-01_12-00-00 num_samples=5000
+"""
+
+# Errors a user can fix from the message alone: printed without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    RunDirError,
+    FileNotFoundError,
+    ValueError,
+)
+
+
+def parse_key_values(
+    args: Sequence[str], allowed: dict[str, Callable[[str], Any]], command: str
+) -> dict[str, Any]:
+    """``key=value`` arguments of the non-Hydra commands, converted by ``allowed[key]``."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"{command}: argument {arg!r} is not key=value")
+        if key not in allowed:
+            raise ConfigError(f"{command}: unknown key {key!r}; allowed keys: {sorted(allowed)}")
+        try:
+            out[key] = allowed[key](value)
+        except ValueError:
+            raise ConfigError(
+                f"{command}: {key}={value!r} is not a valid {allowed[key].__name__}"
+            ) from None
+    return out
+
+
+def _split_run_dir(args: Sequence[str], command: str) -> tuple[str, list[str]]:
+    if not args or "=" in args[0]:
+        raise ConfigError(f"{command}: the first argument must be a run directory")
+    return args[0], list(args[1:])
+
+
+def cmd_train(args: Sequence[str]) -> int:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import DictConfig
+
+    from .train import run_training
+
+    status = {"code": 0}
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def _task(cfg: DictConfig) -> None:
+        hc = HydraConfig.get()
+        run_dir = Path(hc.runtime.output_dir)
+        try:
+            summary = run_training(cfg, run_dir, list(hc.overrides.task))
+        except USER_ERRORS as e:
+            if hc.mode == RunMode.MULTIRUN:
+                raise
+            _remove_if_empty(run_dir)
+            print(f"error: {e}", file=sys.stderr)
+            status["code"] = 2
+            return
+        except KeyboardInterrupt:
+            status["code"] = 130
+            return
+        _report(run_dir, summary)
+
+    argv = sys.argv
+    sys.argv = ["pyro-vae train", *args]
+    try:
+        _task()
+    finally:
+        sys.argv = argv
+    return status["code"]
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Undo Hydra's mkdir of a run directory when the run was refused before writing."""
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _report(run_dir: Path, summary: dict[str, Any]) -> None:
+    if summary.get("test_elbo") is not None:
+        print(
+            f"{run_dir}: {summary.get('status')}, test ELBO {summary['test_elbo']:.2f} nats "
+            f"after {summary.get('epochs')} epochs ({summary.get('samples')} samples)"
+        )
+    print(f"next: pyro-vae evaluate {run_dir}   |   pyro-vae plot {run_dir}")
+
+
+def cmd_evaluate(args: Sequence[str]) -> int:
+    from .evaluate import evaluate_run
+
+    run_dir, rest = _split_run_dir(args, "evaluate")
+    opts = parse_key_values(
+        rest, {"num_samples": int, "checkpoint": str, "device": str, "seed": int}, "evaluate"
+    )
+    result = evaluate_run(run_dir, **opts)
+    print(json.dumps(result, indent=2))
+    print(
+        f"test ELBO {result['test_elbo']:.2f} nats; importance-sampled log p(x) "
+        f"{result['test_log_likelihood']:.2f} ± {result['test_log_likelihood_se']:.2f} nats "
+        f"(K={result['importance_samples']}); written to {Path(run_dir) / 'summary.json'}"
+    )
+    return 0
+
+
+def cmd_plot(args: Sequence[str]) -> int:
+    from .plots import plot_run
+
+    run_dir, rest = _split_run_dir(args, "plot")
+    opts = parse_key_values(rest, {"checkpoint": str}, "plot")
+    for path in plot_run(run_dir, **opts):
+        print(path)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "plot": cmd_plot,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"error: unknown command {command!r}; choose from {sorted(COMMANDS)}", file=sys.stderr
+        )
+        return 2
+    if command != "train" and rest and rest[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    try:
+        return COMMANDS[command](rest)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

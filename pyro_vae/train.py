@@ -1,0 +1,339 @@
+"""Training with Pyro's SVI: minibatches, per-epoch evaluation, checkpoints, the run directory.
+
+``run_training(cfg, run_dir)`` is what ``pyro-vae train`` calls. The loop reads top to
+bottom in :meth:`Trainer.fit`: one ``svi.step`` per minibatch, then at each epoch end the
+test ELBO, a metrics line, a checkpoint and (on the snapshot schedule) a model snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pyro.infer import SVI
+from tqdm import tqdm
+
+from . import __version__
+from .config import ConfigError, resolve_device, to_yaml, validate_config
+from .data import Minibatches
+from .estimators import build_estimator
+from .evaluate import mean_elbo
+from .experiment import load_data, model_meta
+from .model import build_vae
+from .optim import build_optimizer
+from .rundir import RunDir, RunDirError, snapshot_name
+
+# Keys a resumed run may take from the command line; every other key comes from the
+# run's own config.yaml, so a resumed run is the same experiment.
+RESUMABLE_KEYS = frozenset(
+    {"epochs", "num_samples", "progress", "plots", "checkpoint_every", "device", "data_dir"}
+)
+_CONTROL_KEYS = frozenset({"run_dir", "resume", "overwrite"})
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, for instance)."""
+
+
+def snapshot_epochs(schedule: str, epoch: int) -> bool:
+    """Whether the model after ``epoch`` epochs is kept (epoch 0: at initialisation)."""
+    if schedule == "all":
+        return True
+    if schedule == "log":
+        return epoch == 0 or (epoch & (epoch - 1)) == 0
+    return False
+
+
+class Trainer:
+    """One training run: the model, its estimator and optimiser, and where it stands."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        validate_config(cfg)
+        self.cfg = cfg
+        self.run = RunDir(run_dir)
+        self.device = resolve_device(cfg.device)
+        pyro.enable_validation(cfg.validate)
+        pyro.set_rng_seed(cfg.seed)
+        self.data = load_data(cfg, self.device)
+        if cfg.batch_size > self.data.num_train:
+            raise ConfigError(
+                f"batch_size={cfg.batch_size} is not allowed: expected at most the "
+                f"{self.data.num_train} training points of dataset={cfg.dataset.name}"
+            )
+        self.meta = model_meta(self.data)
+        self.vae = build_vae(cfg, self.data.x_dim, num_data=self.data.num_train).to(self.device)
+        self.elbo = build_estimator(cfg.estimator, cfg.num_particles)
+        self.optim = build_optimizer(cfg, self.vae.parameters())
+        self.svi = SVI(self.vae.model, self.vae.guide, self.optim, loss=self.elbo)
+        self.batches = Minibatches(
+            self.data.train,
+            cfg.batch_size,
+            seed=cfg.seed,
+            binarize=self.data.train_binarize,
+            device=self.device,
+        )
+        # Where training stands: completed epochs, position within the current epoch.
+        self.epoch = 0
+        self.batch = 0
+        self.step = 0
+        self.samples = 0
+        self.train_seconds = 0.0
+        self.epoch_loss_sum = 0.0
+        self.epoch_steps = 0
+        self.metrics_rows = 0
+
+    # state -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng = pyro.util.get_rng_state()
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "model": self.vae.state_dict(),
+            "optimizer": self.optim.get_state(),
+            "meta": self.meta,
+            "position": {
+                "epoch": self.epoch,
+                "batch": self.batch,
+                "step": self.step,
+                "samples": self.samples,
+                "train_seconds": self.train_seconds,
+                "epoch_loss_sum": self.epoch_loss_sum,
+                "epoch_steps": self.epoch_steps,
+                "metrics_rows": self.metrics_rows,
+            },
+            "rng": rng,
+            "version": __version__,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["model"])
+        self.optim.set_state(state["optimizer"])
+        for key, value in state["position"].items():
+            setattr(self, key, value)
+        rng = dict(state["rng"])
+        cuda = rng.pop("cuda", None)
+        pyro.util.set_rng_state(rng)
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.device)
+
+    def save_checkpoint(self) -> None:
+        self.run.save_checkpoint(self.state_dict())
+
+    def save_snapshot(self) -> None:
+        state = {"model": self.vae.state_dict(), "meta": self.meta, "epoch": self.epoch}
+        self.run.save_checkpoint(state, snapshot_name(self.epoch))
+
+    # training ----------------------------------------------------------------
+    def _total_steps(self) -> int:
+        if self.cfg.num_samples is not None:
+            return math.ceil(self.cfg.num_samples / self.cfg.batch_size)
+        return self.cfg.epochs * len(self.batches)
+
+    def _done(self) -> bool:
+        if self.cfg.num_samples is not None:
+            return self.samples >= self.cfg.num_samples
+        return self.epoch >= self.cfg.epochs
+
+    def _end_of_period(self, start_wall: float) -> dict[str, Any]:
+        """Evaluate, log a metrics line and reset the epoch accumulators."""
+        self.vae.eval()
+        test_elbo = mean_elbo(self.vae, self.data.test, self.cfg.eval_batch_size)
+        self.vae.train()
+        train_elbo = -self.epoch_loss_sum / max(self.epoch_steps, 1) / self.data.num_train
+        row = {
+            "epoch": self.epoch if self.batch == 0 else self.epoch + self.batch / len(self.batches),
+            "step": self.step,
+            "samples": self.samples,
+            "train_elbo": train_elbo,
+            "test_elbo": test_elbo,
+            "seconds": round(self.train_seconds, 3),
+            "wall_seconds": round(time.perf_counter() - start_wall, 3),
+        }
+        self.run.append_metrics(row)
+        self.metrics_rows += 1
+        self.epoch_loss_sum, self.epoch_steps = 0.0, 0
+        return row
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        start_wall = time.perf_counter()
+        if self.step == 0 and snapshot_epochs(cfg.snapshots, 0):
+            self.save_snapshot()
+        bar = tqdm(
+            total=self._total_steps(),
+            initial=min(self.step, self._total_steps()),
+            disable=not cfg.progress,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        last = {}
+        try:
+            while not self._done():
+                bar.set_description(f"epoch {self.epoch + 1}")
+                tick = time.perf_counter()
+                for idx, x in self.batches.epoch(self.epoch, start=self.batch):
+                    loss = self.svi.step(x, idx)
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"non-finite loss {loss} at step {self.step + 1} "
+                            f"(estimator={cfg.estimator.name}); the last good checkpoint is "
+                            f"{self.run.checkpoint_dir / 'last.pt'}"
+                        )
+                    self.step += 1
+                    self.batch += 1
+                    self.samples += x.shape[0]
+                    self.epoch_loss_sum += loss
+                    self.epoch_steps += 1
+                    bar.update()
+                    if self.step % 20 == 0:
+                        elbo = -self.epoch_loss_sum / self.epoch_steps / self.data.num_train
+                        bar.set_postfix(elbo=f"{elbo:.2f}", refresh=False)
+                    if self._done():
+                        break
+                self.train_seconds += time.perf_counter() - tick
+                if self.batch >= len(self.batches):
+                    self.epoch, self.batch = self.epoch + 1, 0
+                last = self._end_of_period(start_wall)
+                if cfg.progress:
+                    bar.write(
+                        f"epoch {last['epoch']:g}: train ELBO {last['train_elbo']:.2f}, "
+                        f"test ELBO {last['test_elbo']:.2f} nats"
+                    )
+                final = self._done()
+                if final or self.epoch % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.batch == 0 and (final or snapshot_epochs(cfg.snapshots, self.epoch)):
+                    self.save_snapshot()
+        finally:
+            bar.close()
+        return last
+
+
+def _overridden_keys(overrides: Sequence[str]) -> list[str]:
+    keys = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key and not key.startswith("hydra"):
+            keys.append(key)
+    return keys
+
+
+def resumed_config(
+    saved: DictConfig, requested: DictConfig, overrides: Sequence[str]
+) -> DictConfig:
+    """The saved config, with the resumable keys the command line set; other changes refused."""
+    cfg = saved.copy()
+    changed = []
+    for key in _overridden_keys(overrides):
+        if key in _CONTROL_KEYS:
+            continue
+        new, old = OmegaConf.select(requested, key), OmegaConf.select(saved, key)
+        if key in RESUMABLE_KEYS:
+            OmegaConf.update(cfg, key, new, merge=False)
+        elif new != old:
+            changed.append(f"{key}: run has {old!r}, command line asks {new!r}")
+    if changed:
+        raise ConfigError(
+            "resume=true continues the run as it was configured; these overrides would change "
+            f"it: {'; '.join(changed)}. Allowed on resume: {sorted(RESUMABLE_KEYS)}"
+        )
+    cfg.resume = True
+    return cfg
+
+
+def _clear_run(run: RunDir) -> None:
+    for name in (run.metrics_path, run.summary_path):
+        name.unlink(missing_ok=True)
+    for d in (run.checkpoint_dir, run.figure_dir):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_training(
+    cfg: DictConfig, run_dir: str | Path | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Train as ``cfg`` says into ``run_dir`` (default ``cfg.run_dir``); returns the summary.
+
+    A finished run is never retrained silently: it is skipped (``overwrite=true`` retrains
+    it from scratch). An unfinished run is continued only with ``resume=true``.
+    """
+    run = RunDir(run_dir if run_dir is not None else cfg.run_dir)
+    has_checkpoint = (run.checkpoint_dir / "last.pt").is_file()
+    if run.is_finished() and not cfg.get("overwrite", False):
+        print(
+            f"{run.path} already holds a finished run; not retraining it "
+            "(overwrite=true to train it again from scratch)",
+            file=sys.stderr,
+        )
+        return run.summary()
+    if cfg.get("overwrite", False):
+        _clear_run(run)
+        has_checkpoint = False
+    resume = bool(cfg.get("resume", False))
+    if has_checkpoint and not resume:
+        raise RunDirError(
+            f"{run.path} holds an unfinished run; pass resume=true to continue it, "
+            "or choose another run_dir"
+        )
+    if resume and has_checkpoint:
+        cfg = resumed_config(run.config(), cfg, overrides)
+    validate_config(cfg)
+
+    trainer = Trainer(cfg, run.path)
+    if resume and has_checkpoint:
+        trainer.load_state_dict(run.load_checkpoint())
+        # Lines logged after the checkpoint are replayed by the resumed run.
+        run.write_metrics(run.metrics()[: trainer.metrics_rows])
+        print(f"resuming {run.path} at step {trainer.step}", file=sys.stderr)
+    run.write_config(to_yaml(cfg))
+    summary = {
+        "status": "running",
+        "pyro_vae_version": __version__,
+        "torch_version": torch.__version__,
+        "pyro_version": pyro.__version__,
+        "device": str(trainer.device),
+        "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
+        **trainer.meta,
+    }
+    run.update_summary(**summary)
+    try:
+        last = trainer.fit()
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        run.update_summary(status="interrupted", step=trainer.step, samples=trainer.samples)
+        print(
+            f"\ninterrupted at step {trainer.step}; checkpoint saved. Resume with:\n"
+            f"  pyro-vae train run_dir={run.path} resume=true",
+            file=sys.stderr,
+        )
+        raise
+    except BaseException as e:
+        run.update_summary(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    rows = run.metrics()
+    summary = run.update_summary(
+        status="finished",
+        epochs=trainer.epoch,
+        steps=trainer.step,
+        samples=trainer.samples,
+        train_seconds=round(trainer.train_seconds, 2),
+        train_elbo=last.get("train_elbo", rows[-1]["train_elbo"] if rows else None),
+        test_elbo=last.get("test_elbo", rows[-1]["test_elbo"] if rows else None),
+        best_test_elbo=max((r["test_elbo"] for r in rows), default=None),
+    )
+    if cfg.plots:
+        from .plots import plot_run
+
+        try:
+            plot_run(run.path)
+        except Exception as e:  # the trained model is saved; a figure must not undo that
+            print(f"warning: plotting failed ({type(e).__name__}: {e})", file=sys.stderr)
+    return summary
