@@ -85,6 +85,7 @@ def _bool(cfg: Any, key: str) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Refuse values the rest of the code cannot use (ConfigError naming key, value, allowed)."""
     from .estimators import ESTIMATORS
+    from .methods import METHODS
     from .networks import ACTIVATIONS, LIKELIHOODS
     from .optim import OPTIMIZERS
     from .priors import PRIORS
@@ -127,6 +128,7 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of(cfg, "optim.name", OPTIMIZERS)
     _one_of(cfg, "prior.name", sorted(PRIORS))
     _one_of(cfg, "estimator.name", sorted(ESTIMATORS))
+    _one_of(cfg, "method", sorted(METHODS))
 
 
 def resolve_device(name: str) -> torch.device:

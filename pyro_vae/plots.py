@@ -20,11 +20,12 @@ from .model import VAE
 from .rundir import LAST_CHECKPOINT, RunDir
 
 FIGURES = ("elbo", "manifold", "samples", "reconstructions")
+_DPI = 100
 
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     return path
 
 
@@ -41,9 +42,10 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> n
     return grid
 
 
-def _show_grid(grid: np.ndarray, title: str, path: Path, size: float = 6.0) -> Path:
-    aspect = grid.shape[0] / grid.shape[1]
-    fig = Figure(figsize=(size, size * aspect + 0.4))
+def _show_grid(grid: np.ndarray, title: str, path: Path, scale: int = 2) -> Path:
+    # ``scale`` output pixels per image pixel (at the saved dpi), so digits stay legible.
+    height, width = (scale * n / _DPI for n in grid.shape)
+    fig = Figure(figsize=(max(width, 4.0), height + 0.5))
     ax = fig.add_subplot()
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=10)

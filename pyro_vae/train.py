@@ -18,17 +18,15 @@ from typing import Any
 import pyro
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pyro.infer import SVI
 from tqdm import tqdm
 
 from . import __version__
 from .config import ConfigError, resolve_device, to_yaml, validate_config
 from .data import Minibatches
-from .estimators import build_estimator
 from .evaluate import mean_elbo
 from .experiment import load_data, model_meta
+from .methods import build_method
 from .model import build_vae
-from .optim import build_optimizer
 from .rundir import RunDir, RunDirError, snapshot_name
 
 # Keys a resumed run may take from the command line; every other key comes from the
@@ -70,9 +68,7 @@ class Trainer:
             )
         self.meta = model_meta(self.data)
         self.vae = build_vae(cfg, self.data.x_dim, num_data=self.data.num_train).to(self.device)
-        self.elbo = build_estimator(cfg.estimator, cfg.num_particles)
-        self.optim = build_optimizer(cfg, self.vae.parameters())
-        self.svi = SVI(self.vae.model, self.vae.guide, self.optim, loss=self.elbo)
+        self.method = build_method(cfg, self.vae)
         self.batches = Minibatches(
             self.data.train,
             cfg.batch_size,
@@ -97,7 +93,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "model": self.vae.state_dict(),
-            "optimizer": self.optim.get_state(),
+            "method": self.method.state_dict(),
             "meta": self.meta,
             "position": {
                 "epoch": self.epoch,
@@ -115,7 +111,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vae.load_state_dict(state["model"])
-        self.optim.set_state(state["optimizer"])
+        self.method.load_state_dict(state["method"])
         for key, value in state["position"].items():
             setattr(self, key, value)
         rng = dict(state["rng"])
@@ -181,11 +177,12 @@ class Trainer:
                 bar.set_description(f"epoch {self.epoch + 1}")
                 tick = time.perf_counter()
                 for idx, x in self.batches.epoch(self.epoch, start=self.batch):
-                    loss = self.svi.step(x, idx)
+                    loss = self.method.step(x, idx)
                     if not math.isfinite(loss):
                         raise TrainingError(
                             f"non-finite loss {loss} at step {self.step + 1} "
-                            f"(estimator={cfg.estimator.name}); the last good checkpoint is "
+                            f"(method={cfg.method}, estimator={cfg.estimator.name}); "
+                            "the last good checkpoint is "
                             f"{self.run.checkpoint_dir / 'last.pt'}"
                         )
                     self.step += 1
@@ -227,19 +224,33 @@ def _overridden_keys(overrides: Sequence[str]) -> list[str]:
     return keys
 
 
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
 def resumed_config(
-    saved: DictConfig, requested: DictConfig, overrides: Sequence[str]
+    saved: DictConfig, requested: DictConfig, overrides: Sequence[str] | None = None
 ) -> DictConfig:
-    """The saved config, with the resumable keys the command line set; other changes refused."""
+    """The saved config, with the resumable keys the command line set; other changes refused.
+
+    ``overrides`` are the command line's ``key=value`` strings: only those keys are compared,
+    since the other keys of ``requested`` are defaults, not requests. Without them (a
+    configuration built in code) every top-level key of ``requested`` is compared.
+    """
     cfg = saved.copy()
     changed = []
-    for key in _overridden_keys(overrides):
+    if overrides is None:
+        keys = [k for k in requested if k != "hydra"]
+        requested = OmegaConf.create(OmegaConf.to_container(requested, resolve=True))
+    else:
+        keys = _overridden_keys(overrides)
+    for key in keys:
         if key in _CONTROL_KEYS:
             continue
         new, old = OmegaConf.select(requested, key), OmegaConf.select(saved, key)
         if key in RESUMABLE_KEYS:
             OmegaConf.update(cfg, key, new, merge=False)
-        elif new != old:
+        elif _plain(new) != _plain(old):
             changed.append(f"{key}: run has {old!r}, command line asks {new!r}")
     if changed:
         raise ConfigError(
@@ -258,16 +269,18 @@ def _clear_run(run: RunDir) -> None:
 
 
 def run_training(
-    cfg: DictConfig, run_dir: str | Path | None = None, overrides: Sequence[str] = ()
+    cfg: DictConfig, run_dir: str | Path | None = None, overrides: Sequence[str] | None = None
 ) -> dict[str, Any]:
     """Train as ``cfg`` says into ``run_dir`` (default ``cfg.run_dir``); returns the summary.
 
     A finished run is never retrained silently: it is skipped (``overwrite=true`` retrains
-    it from scratch). An unfinished run is continued only with ``resume=true``.
+    it from scratch). A run is continued only with ``resume=true``: an interrupted one from
+    its last checkpoint, a finished one when more ``epochs``/``num_samples`` are asked for.
     """
     run = RunDir(run_dir if run_dir is not None else cfg.run_dir)
     has_checkpoint = (run.checkpoint_dir / "last.pt").is_file()
-    if run.is_finished() and not cfg.get("overwrite", False):
+    resume = bool(cfg.get("resume", False))
+    if run.is_finished() and not (resume or cfg.get("overwrite", False)):
         print(
             f"{run.path} already holds a finished run; not retraining it "
             "(overwrite=true to train it again from scratch)",
@@ -277,7 +290,6 @@ def run_training(
     if cfg.get("overwrite", False):
         _clear_run(run)
         has_checkpoint = False
-    resume = bool(cfg.get("resume", False))
     if has_checkpoint and not resume:
         raise RunDirError(
             f"{run.path} holds an unfinished run; pass resume=true to continue it, "
