@@ -129,6 +129,23 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of(cfg, "prior.name", sorted(PRIORS))
     _one_of(cfg, "estimator.name", sorted(ESTIMATORS))
     _one_of(cfg, "method", sorted(METHODS))
+    if cfg.lr_search is not None:
+        lrs = cfg.lr_search
+        if (
+            not isinstance(lrs, ListConfig | list)
+            or not lrs
+            or not all(_is_number(v) and v > 0 for v in lrs)
+        ):
+            _fail("lr_search", lrs, "null or a non-empty list of step sizes > 0, e.g. [0.01,0.02]")
+        _positive_int(cfg, "lr_search_steps")
+    if cfg.method == "mcem":
+        for key in ("leapfrog_steps", "hmc_steps", "m_steps"):
+            _positive_int(cfg, f"mcem.{key}")
+        _positive_number(cfg, "mcem.step_size")
+        _positive_number(cfg, "mcem.adapt_rate", allow_zero=True)
+        target = cfg.mcem.target_accept
+        if not (_is_number(target) and 0 < target < 1):
+            _fail("mcem.target_accept", target, "a number in (0, 1)")
 
 
 def resolve_device(name: str) -> torch.device:

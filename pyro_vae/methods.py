@@ -14,6 +14,8 @@ import torch
 from omegaconf import DictConfig
 from pyro.infer import SVI
 
+from .baselines.mcem import MCEM
+from .baselines.wake_sleep import WakeSleep
 from .estimators import build_estimator
 from .model import VAE
 from .optim import build_optimizer
@@ -51,7 +53,11 @@ class AEVB:
         self.optim.set_state(state["optimizer"])
 
 
-METHODS: dict[str, Callable[[DictConfig, VAE], TrainingMethod]] = {"aevb": AEVB}
+METHODS: dict[str, Callable[[DictConfig, VAE], TrainingMethod]] = {
+    "aevb": AEVB,
+    "wake_sleep": WakeSleep,  # the paper's baselines (Figures 2 and 3)
+    "mcem": MCEM,
+}
 
 
 def build_method(cfg: DictConfig, vae: VAE) -> TrainingMethod:

@@ -59,7 +59,6 @@ class Trainer:
         self.run = RunDir(run_dir)
         self.device = resolve_device(cfg.device)
         pyro.enable_validation(cfg.validate)
-        pyro.set_rng_seed(cfg.seed)
         self.data = load_data(cfg, self.device)
         if cfg.batch_size > self.data.num_train:
             raise ConfigError(
@@ -67,8 +66,7 @@ class Trainer:
                 f"{self.data.num_train} training points of dataset={cfg.dataset.name}"
             )
         self.meta = model_meta(self.data)
-        self.vae = build_vae(cfg, self.data.x_dim, num_data=self.data.num_train).to(self.device)
-        self.method = build_method(cfg, self.vae)
+        self._build_model()
         self.batches = Minibatches(
             self.data.train,
             cfg.batch_size,
@@ -85,6 +83,38 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_steps = 0
         self.metrics_rows = 0
+
+    def _build_model(self) -> None:
+        pyro.set_rng_seed(self.cfg.seed)
+        self.vae = build_vae(self.cfg, self.data.x_dim, self.data.num_train).to(self.device)
+        self.method = build_method(self.cfg, self.vae)
+
+    def choose_step_size(self) -> dict[float, float]:
+        """The paper's choice of the global step size "on the first iterations" (sec. 5).
+
+        From the same initialisation and the same minibatches, train ``lr_search_steps``
+        steps with each step size of ``lr_search`` and keep the one with the highest mean
+        training bound over those steps (a diverging trial scores -inf). ``cfg.lr`` is set
+        to it and the model is rebuilt from scratch, so the run that follows is the run
+        ``lr=<chosen>`` would give. The trials do not count as training samples.
+        Returns {step size: mean training bound per datapoint}.
+        """
+        cfg, scores = self.cfg, {}
+        for lr in cfg.lr_search:
+            cfg.lr = lr
+            self._build_model()
+            total, steps = 0.0, 0
+            while steps < cfg.lr_search_steps:
+                for idx, x in self.batches.epoch(steps // len(self.batches)):
+                    total += self.method.step(x, idx)
+                    steps += 1
+                    if steps == cfg.lr_search_steps:
+                        break
+            score = -total / steps / self.data.num_train
+            scores[float(lr)] = score if math.isfinite(score) else -math.inf
+        cfg.lr = max(scores, key=scores.get)
+        self._build_model()
+        return scores
 
     # state -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -300,6 +330,10 @@ def run_training(
     validate_config(cfg)
 
     trainer = Trainer(cfg, run.path)
+    lr_search = {}
+    if cfg.lr_search and not (resume and has_checkpoint):
+        lr_search = {str(lr): score for lr, score in trainer.choose_step_size().items()}
+        print(f"step size {cfg.lr} chosen from {lr_search}", file=sys.stderr)
     if resume and has_checkpoint:
         trainer.load_state_dict(run.load_checkpoint())
         # Lines logged after the checkpoint are replayed by the resumed run.
@@ -314,6 +348,7 @@ def run_training(
         "device": str(trainer.device),
         "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
         **trainer.meta,
+        **({"lr_search": lr_search, "lr": cfg.lr} if lr_search else {}),
     }
     run.update_summary(**summary)
     try:
