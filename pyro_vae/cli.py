@@ -29,6 +29,9 @@ commands:
                                        checkpoint (last.pt), device, seed
   plot RUN_DIR [key=value]       ELBO curves, 2-D manifold, samples, reconstructions
                                  keys: checkpoint (last.pt)
+  compare RUN_DIR... [out=PATH]  table and overlaid ELBO curves of any runs (directories,
+                                 globs, or a sweep directory); out: figure (compare.png),
+                                 the table is also written beside it as .csv
 
 examples:
   pyro-vae train                                    # the paper's MNIST model, defaults
@@ -151,10 +154,25 @@ def cmd_plot(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_compare(args: Sequence[str]) -> int:
+    from .compare import compare_runs
+
+    # Sweep directories are named key=value,...: only out= is an option.
+    out = [a.partition("=")[2] for a in args if a.startswith("out=")]
+    patterns = [a for a in args if not a.startswith("out=")]
+    if not patterns:
+        raise ConfigError("compare: give at least one run directory, glob or sweep directory")
+    table, figure = compare_runs(patterns, *out[-1:])
+    print(table)
+    print(f"curves: {figure}; table: {figure.with_suffix('.csv')}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "plot": cmd_plot,
+    "compare": cmd_compare,
 }
 
 

@@ -134,3 +134,31 @@ def test_metrics_lines_are_json(tiny_cfg, tmp_path):
     run_training(tiny_cfg("epochs=1"))
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_paper_step_size_search_keeps_the_best_and_trains_as_if_it_were_given(tiny_cfg, tmp_path):
+    searched = run_training(
+        tiny_cfg("lr_search=[0.0001,0.01]", "lr_search_steps=12", run_dir=tmp_path / "s")
+    )
+    scores = searched["lr_search"]  # mean training bound of each trial
+    assert set(scores) == {"0.0001", "0.01"} and scores["0.01"] > scores["0.0001"]
+    assert searched["lr"] == 0.01
+    assert RunDir(tmp_path / "s").config().lr == 0.01
+    run_training(tiny_cfg("lr=0.01", run_dir=tmp_path / "given"))
+    assert numbers(RunDir(tmp_path / "s").metrics()) == numbers(
+        RunDir(tmp_path / "given").metrics()
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lr_search=[]", "lr_search=[]"),
+        ("lr_search=[0.1,-1]", "lr_search="),
+        ("mcem.target_accept=1.5", "mcem.target_accept=1.5"),
+        ("mcem.leapfrog_steps=0", "mcem.leapfrog_steps=0"),
+    ],
+)
+def test_paper_settings_refuse_bad_values(tiny_cfg, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        run_training(tiny_cfg("method=mcem", override))
