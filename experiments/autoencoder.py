@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import Options, finish, save_csv, sweep
+from common import Options, finish, save_csv, save_figure, show_images, sweep
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -48,7 +48,6 @@ from pyro_vae.config import compose_config
 from pyro_vae.data import Minibatches, binarize
 from pyro_vae.experiment import RunData, load_data, load_run
 from pyro_vae.networks import BernoulliDecoder, GaussianEncoder
-from pyro_vae.plots import image_grid
 
 SAMPLES = {"smoke": 20_000, "cpu": 600_000, "full": 6_000_000}
 # (loss, latent_dim, hidden_dims)
@@ -198,16 +197,9 @@ def main(argv: list[str]) -> None:
         strict=True,
     ):
         with torch.no_grad():
-            ax.imshow(
-                image_grid(torch.sigmoid(decoder(z)), (28, 28), 8),
-                cmap="gray",
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-            )
-        ax.set_title(f"{title}: decoder mean at z ~ N(0, I), Nz = 10", fontsize=10)
-        ax.set_axis_off()
-    fig.savefig(opts.out / "autoencoder_samples.png", dpi=100, bbox_inches="tight")
+            images = torch.sigmoid(decoder(z))
+        show_images(ax, images, (28, 28), 8, f"{title}: decoder mean at z ~ N(0, I), Nz = 10")
+    save_figure(opts, fig, "autoencoder_samples.png")
 
     # Claim 3: L2 against Bernoulli reconstructions, and a two-pixel shift under L2.
     x = test[:12]
@@ -215,14 +207,10 @@ def main(argv: list[str]) -> None:
     with torch.no_grad():
         rec_b, rec_l2 = torch.sigmoid(ae.logits(x)), torch.sigmoid(l2_ae.logits(x))
     fig = Figure(figsize=(10, 4.2))
-    ax = fig.add_subplot()
-    grid = torch.cat([x, shift_right(x, 2), rec_b, rec_l2])
-    ax.imshow(image_grid(grid, (28, 28), 12), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(
-        "rows: test digit | shifted 2 px | Bernoulli-loss AE | L2-loss AE (Nz = 10)", fontsize=10
-    )
-    ax.set_axis_off()
-    fig.savefig(opts.out / "autoencoder_reconstructions.png", dpi=100, bbox_inches="tight")
+    title = "rows: test digit | shifted 2 px | Bernoulli-loss AE | L2-loss AE (Nz = 10)"
+    images = torch.cat([x, shift_right(x, 2), rec_b, rec_l2])
+    show_images(fig.add_subplot(), images, (28, 28), 12, title)
+    save_figure(opts, fig, "autoencoder_reconstructions.png")
     with torch.no_grad():
         all_x = test[:1000]
         to_shift = (shift_right(all_x, 2) - all_x).pow(2).sum(-1)

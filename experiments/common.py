@@ -18,7 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
 from pyro_vae.compare import RunRecord, find_runs, load_runs, write_csv
+from pyro_vae.plots import image_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = ("smoke", "cpu", "full")
@@ -118,6 +123,23 @@ def run_row(r: RunRecord) -> dict[str, Any]:
         "train_seconds": s["train_seconds"],
         "run": str(r.path.relative_to(ROOT)) if r.path.is_relative_to(ROOT) else str(r.path),
     }
+
+
+def show_images(
+    ax: Axes, images: torch.Tensor, shape: Sequence[int], ncol: int, title: str
+) -> None:
+    """Grey-level images [N, H*W] in [0, 1], tiled ``ncol`` per row, on ``ax``."""
+    grid = image_grid(images.detach(), shape, ncol)
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+
+
+def save_figure(opts: Options, fig: Figure, name: str, dpi: int = 100) -> Path:
+    path = opts.out / name
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    print(f"wrote {path}")
+    return path
 
 
 def save_csv(opts: Options, name: str, rows: Sequence[dict[str, Any]]) -> Path:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sys
 
-from common import Options, finish, paper_runs, run_row, save_csv
+from common import Options, finish, paper_runs, run_row, save_csv, save_figure
 from matplotlib.figure import Figure
 
 LATENT_DIMS = {"mnist": (3, 5, 10, 20, 200), "frey_face": (2, 5, 10, 20)}
@@ -82,8 +82,7 @@ def main(argv: list[str]) -> None:
     ]
     axes[1, 4].legend(handles=handles, loc="center")
     fig.suptitle(f"Figure 2 ({opts.budget} budget): AEVB vs wake-sleep")
-    fig.savefig(opts.out / "fig2.png", dpi=80, bbox_inches="tight")
-    print(f"wrote {opts.out / 'fig2.png'}")
+    save_figure(opts, fig, "fig2.png", dpi=80)
 
     curves = [
         {

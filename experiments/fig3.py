@@ -24,7 +24,7 @@ import sys
 import time
 
 import torch
-from common import Options, finish, save_csv, sweep
+from common import Options, finish, save_csv, save_figure, sweep
 from matplotlib.figure import Figure
 
 from pyro_vae.data import binarize
@@ -140,8 +140,7 @@ def main(argv: list[str]) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"Figure 3 ({opts.budget} budget): MNIST, $N_z$ = 3, 100 hidden units")
-    fig.savefig(opts.out / "fig3.png", dpi=90, bbox_inches="tight")
-    print(f"wrote {opts.out / 'fig3.png'}")
+    save_figure(opts, fig, "fig3.png", dpi=90)
     finish(opts, **{k: v for k, v in budget.items()})
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import sys
 
-from common import Options, finish, paper_runs, run_row, save_csv
+from common import Options, finish, paper_runs, run_row, save_csv, save_figure, show_images
 from matplotlib.figure import Figure
 
 from pyro_vae.experiment import load_run
-from pyro_vae.plots import image_grid, latent_grid
+from pyro_vae.plots import latent_grid
 
 GRID = {"frey_face": 20, "mnist": 20}
 TITLES = {"frey_face": "(a) Learned Frey Face manifold", "mnist": "(b) Learned MNIST manifold"}
@@ -33,20 +33,10 @@ def main(argv: list[str]) -> None:
         loaded = load_run(r.path)
         z, _ = latent_grid(loaded.vae, GRID[dataset])
         images = loaded.vae.decode_mean(z).detach()
-        ax.imshow(
-            image_grid(images, loaded.meta["image_shape"], GRID[dataset]),
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-        )
-        ax.set_title(
-            f"{TITLES[dataset]}\n(test bound {r.summary['test_elbo']:.1f} nats)", fontsize=10
-        )
-        ax.set_axis_off()
+        title = f"{TITLES[dataset]}\n(test bound {r.summary['test_elbo']:.1f} nats)"
+        show_images(ax, images, loaded.meta["image_shape"], GRID[dataset], title)
     fig.suptitle(f"Figure 4 ({opts.budget} budget): decoder mean over the inverse-CDF grid of z")
-    fig.savefig(opts.out / "fig4.png", dpi=100, bbox_inches="tight")
-    print(f"wrote {opts.out / 'fig4.png'}")
+    save_figure(opts, fig, "fig4.png")
     save_csv(opts, "fig4.csv", [run_row(r) for r in runs.values()])
     finish(opts)
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import sys
 
 import torch
-from common import Options, finish, paper_runs, run_row, save_csv
+from common import Options, finish, paper_runs, run_row, save_csv, save_figure, show_images
 from matplotlib.figure import Figure
 
 from pyro_vae.experiment import load_run
-from pyro_vae.plots import image_grid
 
 LATENT_DIMS = (2, 5, 10, 20)
 
@@ -33,18 +32,10 @@ def main(argv: list[str]) -> None:
             torch.manual_seed(0)
             z = loaded.vae.prior().sample((100,))
         images = loaded.vae.decode_mean(z).detach()
-        ax.imshow(
-            image_grid(images, loaded.meta["image_shape"], 10),
-            cmap="gray",
-            vmin=0,
-            vmax=1,
-            interpolation="nearest",
-        )
-        ax.set_title(f"({'abcd'[i]}) {r.config['latent_dim']}-D latent space", fontsize=10)
-        ax.set_axis_off()
+        title = f"({'abcd'[i]}) {r.config['latent_dim']}-D latent space"
+        show_images(ax, images, loaded.meta["image_shape"], 10, title)
     fig.suptitle(f"Figure 5 ({opts.budget} budget): decoder mean at z ~ p(z)")
-    fig.savefig(opts.out / "fig5.png", dpi=100, bbox_inches="tight")
-    print(f"wrote {opts.out / 'fig5.png'}")
+    save_figure(opts, fig, "fig5.png")
     save_csv(opts, "fig5.csv", [run_row(r) for r in runs])
     finish(opts)
 
