@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pyro_vae.config import ConfigError
+from pyro_vae.config import ConfigError, compose_config
 from pyro_vae.evaluate import evaluate_run
 from pyro_vae.experiment import load_run
 from pyro_vae.plots import plot_run
@@ -134,6 +134,14 @@ def test_metrics_lines_are_json(tiny_cfg, tmp_path):
     run_training(tiny_cfg("epochs=1"))
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_paper_preset_sets_the_papers_training_settings():
+    cfg = compose_config(["+experiment=paper", "dataset=frey_face"])
+    assert cfg.optim.name == "adagrad" and list(cfg.lr_search) == [0.01, 0.02, 0.1]
+    assert (cfg.batch_size, cfg.num_particles, cfg.weight_decay) == (100, 1, 1.0)
+    assert (cfg.init, cfg.init_std) == ("paper", 0.01)
+    assert cfg.hidden_dims == [200]  # the dataset's own settings stay
 
 
 def test_paper_step_size_search_keeps_the_best_and_trains_as_if_it_were_given(tiny_cfg, tmp_path):
