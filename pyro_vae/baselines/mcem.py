@@ -7,7 +7,8 @@ MCEM has no encoder in its updates (appendix E). For each minibatch:
   paper: 10) and one step size for all chains, tuned after every transition toward a mean
   acceptance rate of ``mcem.target_accept`` (the paper: 90%). Chains live as long as the
   run (they are part of the checkpoint); a datapoint's chain moves only when its minibatch
-  is drawn, which is why the paper calls MCEM "not an on-line algorithm".
+  is drawn, so on a large training set each chain mixes slowly: the per-datapoint sampling
+  loop that AEVB's encoder does away with.
 - M-step: ``mcem.m_steps`` (the paper: 5) optimiser steps on theta ascending
   (N/M) sum_i log p_theta(x_i, z_i) at the sampled z_i. By Fisher's identity,
   E_{p(z|x)}[grad_theta log p(x, z)] = grad_theta log p(x), so this is stochastic ascent on
