@@ -104,12 +104,17 @@ class Trainer:
             cfg.lr = lr
             self._build_model()
             total, steps = 0.0, 0
-            while steps < cfg.lr_search_steps:
-                for idx, x in self.batches.epoch(steps // len(self.batches)):
-                    total += self.method.step(x, idx)
-                    steps += 1
-                    if steps == cfg.lr_search_steps:
-                        break
+            try:
+                while steps < cfg.lr_search_steps:
+                    for idx, x in self.batches.epoch(steps // len(self.batches)):
+                        total += self.method.step(x, idx)
+                        steps += 1
+                        if steps == cfg.lr_search_steps:
+                            break
+            except (RuntimeError, ValueError):
+                # A diverged trial can fail before its loss does (wake-sleep's dreams are
+                # Bernoulli draws, which refuse NaN probabilities).
+                total = math.nan
             score = -total / steps / self.data.num_train
             scores[float(lr)] = score if math.isfinite(score) else -math.inf
         cfg.lr = max(scores, key=scores.get)

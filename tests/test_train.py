@@ -1,6 +1,7 @@
 """End-to-end training on tiny synthetic data: run directory, reproducibility, resume."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -156,6 +157,15 @@ def test_paper_step_size_search_keeps_the_best_and_trains_as_if_it_were_given(ti
     assert numbers(RunDir(tmp_path / "s").metrics()) == numbers(
         RunDir(tmp_path / "given").metrics()
     )
+
+
+def test_step_size_search_scores_a_trial_that_breaks_down_as_minus_infinity(tiny_cfg):
+    # With lr=1000 wake-sleep's decoder turns NaN within two steps and its dreams (Bernoulli
+    # draws) raise: the search must go on.
+    summary = run_training(
+        tiny_cfg("method=wake_sleep", "lr_search=[0.01,1000]", "lr_search_steps=5", "epochs=1")
+    )
+    assert summary["lr"] == 0.01 and summary["lr_search"]["1000.0"] == -math.inf
 
 
 @pytest.mark.parametrize(
