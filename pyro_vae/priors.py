@@ -44,7 +44,11 @@ CONTEXT_KEYS = ("x_dim", "encoder")
 
 
 class Prior(PyroModule):
-    """Base class: ``prior()`` returns p(z) over R^latent_dim."""
+    """Base class: ``prior()`` returns p(z) over R^latent_dim.
+
+    ``name`` is the configuration's label (``cfg.prior.name``) once :func:`build_prior`
+    has built it.
+    """
 
     name = "prior"
 
@@ -170,8 +174,6 @@ class MixtureOfGaussians(Prior):
     normalised) defaults to uniform.
     """
 
-    name = "mixture_of_gaussians"
-
     def __init__(
         self,
         latent_dim: int,
@@ -228,8 +230,6 @@ class VampPrior(Prior):
     renamed in Pyro's param store, and ``.to(device)`` of the VAE moves it.
     """
 
-    name = "vamp"
-
     def __init__(
         self,
         latent_dim: int,
@@ -279,12 +279,16 @@ def build_prior(cfg: Mapping[str, Any], latent_dim: int, **context: Any) -> Prio
         params = {**shipped, **params}
     cls = _locate(params.pop("_target_"))
     if issubclass(cls, torch.distributions.Distribution):
-        return Factorized(latent_dim, cls, **params)
-    _check_params(cls, params, _path(cls), skip=("self", "latent_dim", *CONTEXT_KEYS))
-    accepted = inspect.signature(cls).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    extra = {k: v for k, v in context.items() if takes_any or k in accepted}
-    return cls(latent_dim, **params, **extra)
+        prior = Factorized(latent_dim, cls, **params)
+    else:
+        _check_params(cls, params, _path(cls), skip=("self", "latent_dim", *CONTEXT_KEYS))
+        accepted = inspect.signature(cls).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        extra = {k: v for k, v in context.items() if takes_any or k in accepted}
+        prior = cls(latent_dim, **params, **extra)
+    if name:
+        prior.name = name  # the label, for messages and titles
+    return prior
 
 
 def validate_prior_config(cfg: Mapping[str, Any], latent_dim: int) -> None:

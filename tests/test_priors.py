@@ -73,7 +73,9 @@ def test_factorized_log_density_matches_scipy(prior, overrides, reference):
 def test_only_gaussian_priors_look_gaussian():
     """Estimator B's closed-form KL recognises Normal(loc, scale).to_event(1), and only it."""
     for name in config_choices("prior"):
-        p = make_vae(name, *LEARNABLE.get(name, [])).prior()
+        prior = make_vae(name, *LEARNABLE.get(name, [])).prior
+        assert prior.name == name  # the config's label, for messages naming the prior
+        p = prior()
         gaussian = isinstance(p, dist.Independent) and type(p.base_dist) is dist.Normal
         assert gaussian == (name in ("standard_normal", "normal", "learnable_normal")), name
 
