@@ -37,7 +37,6 @@ from pyro_vae.evaluate import importance_log_likelihood
 from pyro_vae.experiment import load_run
 from pyro_vae.model import VAE
 from pyro_vae.plots import image_grid, plot_samples
-from pyro_vae.rundir import RunDir
 from pyro_vae.train import run_training
 
 PRIORS = (
