@@ -157,11 +157,12 @@ def plot_aggregate_posterior(
     ax = fig.add_subplot()
     ax.contourf(g1.cpu(), g2.cpu(), density.cpu(), levels=12, cmap="Blues")
     z = z.cpu().numpy()
+    size = min(12.0, max(2.0, 4000 / len(z)))  # visible for a few points, not a blot for many
     if labels is None:
-        ax.scatter(z[:, 0], z[:, 1], s=2, c="tab:red", alpha=0.4, linewidths=0)
+        ax.scatter(z[:, 0], z[:, 1], s=size, c="tab:red", alpha=0.6, linewidths=0)
     else:
         dots = ax.scatter(
-            z[:, 0], z[:, 1], s=2, c=labels.cpu(), cmap="tab10", alpha=0.6, linewidths=0
+            z[:, 0], z[:, 1], s=size, c=labels.cpu(), cmap="tab10", alpha=0.6, linewidths=0
         )
         ax.legend(*dots.legend_elements(), fontsize=6, loc="upper right", markerscale=0.8)
     ax.set_xlim(lo[0].item(), hi[0].item())
