@@ -231,6 +231,13 @@ def test_every_shipped_prior_trains_and_evaluates_from_the_command_line(prior, b
     overrides = [f"prior={prior}", *LEARNABLE.get(prior, []), "epochs=1"]
     assert main(["train", *tiny_overrides(bars_path, run_dir, *overrides)]) == 0
     assert RunDir(run_dir).summary()["status"] == "finished"
+    # The trained prior is what evaluation and plots load back; learnable ones have moved.
+    trained = {k: v for k, v in load_run(run_dir).vae.state_dict().items() if "prior." in k}
+    saved = RunDir(run_dir).load_checkpoint()["model"]
+    initial = RunDir(run_dir).load_checkpoint("epoch_0000.pt")["model"]
+    assert trained and all(torch.equal(v, saved[k]) for k, v in trained.items())
+    moved = any(not torch.equal(v, initial[k]) for k, v in trained.items())
+    assert moved == (prior in LEARNABLE)
     assert main(["evaluate", str(run_dir), "num_samples=10"]) == 0
     assert math.isfinite(RunDir(run_dir).summary()["test_log_likelihood"])
     # The figures drawn from the prior: its quantiles, its samples, its density.
