@@ -52,7 +52,7 @@ COLUMNS = (
     ("prior", "prior", "{}"),
     ("test_elbo", "test ELBO", "{:.2f}"),
     ("test_log_likelihood", "log p(x), IS", "{:.2f}"),
-    ("reconstruction", "E_q log p(x|z)", "{:.2f}"),
+    ("reconstruction", r"E_q log p(x\|z)", "{:.2f}"),  # \| : a pipe inside a table cell
     ("kl", "KL(q‖p)", "{:.2f}"),
     ("active_units", "active units", "{}"),
     ("train_seconds", "train s", "{:.0f}"),
@@ -143,7 +143,7 @@ def write_tables(rows: list[dict[str, Any]], opts: dict[str, Any], command: str)
                 cell += f" ± {row[f'{key}_se']:.2f}"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
-    text = f"""# Priors on MNIST (Nz=20, {opts["epochs"]} epochs each)
+    text = f"""# Priors on MNIST (Nz=20, {opts["epochs"]} epochs of training each)
 
 Produced by
 

@@ -97,7 +97,7 @@ class Factorized(Prior):
         latent_dim: int,
         family: type[dist.TorchDistribution],
         learnable: bool = False,
-        **params,
+        **params: Any,
     ):
         super().__init__(latent_dim)
         self.family = family
