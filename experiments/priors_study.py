@@ -52,7 +52,7 @@ COLUMNS = (
     ("prior", "prior", "{}"),
     ("test_elbo", "test ELBO", "{:.2f}"),
     ("test_log_likelihood", "log p(x), IS", "{:.2f}"),
-    ("reconstruction", r"E_q log p(x\|z)", "{:.2f}"),  # \| : a pipe inside a table cell
+    ("reconstruction", r"E_q log p(x\|z)", "{:.2f}"),  # a bare pipe would end the Markdown cell
     ("kl", "KL(q‖p)", "{:.2f}"),
     ("active_units", "active units", "{}"),
     ("train_seconds", "train s", "{:.0f}"),
