@@ -1,6 +1,6 @@
 """Prior study: the paper's MNIST model trained for one budget under six priors p(z).
 
-    flock /work/heavy.lock python experiments/priors_study.py data_dir=../shared/data
+    python experiments/priors_study.py data_dir=../shared/data
 
 Each prior trains the same network (Nz=20, 500 tanh hidden units, Bernoulli decoder, Adam
 1e-3, batch 100, seed 0) for ``epochs`` epochs into ``<runs>/<prior>``; a finished run is
