@@ -88,7 +88,7 @@ def validate_config(cfg: DictConfig) -> None:
     from .methods import METHODS
     from .networks import ACTIVATIONS, LIKELIHOODS
     from .optim import OPTIMIZERS
-    from .priors import PRIORS
+    from .priors import validate_prior_config
 
     missing = OmegaConf.missing_keys(cfg)
     if missing:
@@ -126,7 +126,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.dataset.train_size is not None:
         _positive_int(cfg, "dataset.train_size")
     _one_of(cfg, "optim.name", OPTIMIZERS)
-    _one_of(cfg, "prior.name", sorted(PRIORS))
+    validate_prior_config(cfg.prior, cfg.latent_dim)
     _one_of(cfg, "estimator.name", sorted(ESTIMATORS))
     _one_of(cfg, "method", sorted(METHODS))
 
