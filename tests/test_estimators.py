@@ -13,7 +13,7 @@ from torch.distributions import kl_divergence
 
 from pyro_vae.config import ConfigError, compose_config, validate_config
 from pyro_vae.estimators import ESTIMATORS, build_estimator
-from pyro_vae.estimators.base import _NonReparameterized, log_weights, plate_scale
+from pyro_vae.estimators.base import NonReparameterized, log_weights, plate_scale
 from pyro_vae.estimators.sgvb_b import gaussian_kl
 from pyro_vae.evaluate import mean_elbo
 from pyro_vae.methods import build_method
@@ -33,13 +33,7 @@ Z = 4.0
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids paying for thread hand-offs on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- a linear-Gaussian model whose ELBO and its gradient are known in closed form ---------
@@ -215,7 +209,7 @@ def test_score_function_without_baseline_is_pyros_trace_elbo_with_a_non_reparame
     # so the reference gets the same particle plate from outside: Trace_ELBO then sums,
     # rather than averages, the L particles.
     plate = pyro.plate("num_particles_vectorized", num_particles, dim=-2)
-    ref_guide = _NonReparameterized()(plate(vae.guide))
+    ref_guide = NonReparameterized()(plate(vae.guide))
     loss_ref, g_ref = grads(
         Trace_ELBO(max_plate_nesting=2), plate(vae.model), ref_guide, params, x, idx, seed=0
     )

@@ -17,14 +17,7 @@ from pyro_vae.priors import StandardNormal
 from pyro_vae.train import run_training
 from pyro_vae.variance import Moments, gradient_statistics, parse_estimators
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids paying for thread hand-offs on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_moments_match_numpy():

@@ -138,7 +138,10 @@ class ParticleELBO(ELBO):
     construction, and ``SVI`` takes any subclass unchanged.
     """
 
-    #: False makes latent sites non-reparameterised (sampled with ``.sample()``).
+    #: The ``estimator=`` name, for messages.
+    name = "particle_elbo"
+    #: False makes latent sites non-reparameterised (sampled with ``.sample()``); True
+    #: refuses a guide site without ``rsample``.
     reparameterized = True
 
     def __init__(self, num_particles: int = 1):
@@ -151,18 +154,21 @@ class ParticleELBO(ELBO):
         model, guide = particles(model), particles(guide)
         if not self.reparameterized:
             # Outermost, so it acts after every plate has expanded the distribution.
-            guide = _NonReparameterized()(guide)
+            guide = NonReparameterized()(guide)
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
 
     @abstractmethod
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bound's estimate at full-data scale, and a tensor of the same value whose
-        gradient is the estimator."""
+        """The bound's estimate at full-data scale (eq. 8), and a surrogate whose gradient is
+        the estimator (only its gradient is used)."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        bound, surrogate = self.bound_and_surrogate(*self._get_trace(model, guide, args, kwargs))
+        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
+        if self.reparameterized:
+            check_reparameterized(guide_trace, self.name)
+        bound, surrogate = self.bound_and_surrogate(model_trace, guide_trace)
         loss = -(bound.detach() + (surrogate - surrogate.detach()))
         warn_if_nan(loss, "loss")
         return loss
@@ -178,7 +184,7 @@ class ParticleELBO(ELBO):
         return loss.item()
 
 
-class _NonReparameterized(pyro.poutine.messenger.Messenger):
+class NonReparameterized(pyro.poutine.messenger.Messenger):
     """Latent sites sampled without a pathwise gradient, and scored as such by Pyro.
 
     ``has_rsample`` is set on the innermost distribution: wrappers (``Independent``,

@@ -7,7 +7,7 @@ import math
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, check_reparameterized, log_weights, plate_scale, sample_sites
+from .base import ParticleELBO, log_weights, plate_scale, sample_sites
 
 
 class DReG_ELBO(ParticleELBO):
@@ -31,10 +31,11 @@ class DReG_ELBO(ParticleELBO):
     z_ik enters only log w_ik (one datapoint, one particle), as in this model.
     """
 
+    name = "dreg"
+
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_reparameterized(guide_trace, "dreg")
         scale = plate_scale(model_trace, guide_trace)
         log_w = log_weights(model_trace, guide_trace, path_only=True)
         bound = scale * (torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])).sum()

@@ -7,7 +7,7 @@ import math
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, check_reparameterized, log_weights, plate_scale
+from .base import ParticleELBO, log_weights, plate_scale
 
 
 class IWAE_ELBO(ParticleELBO):
@@ -22,10 +22,11 @@ class IWAE_ELBO(ParticleELBO):
     See :class:`~pyro_vae.estimators.dreg.DReG_ELBO` for a lower-variance encoder gradient.
     """
 
+    name = "iwae"
+
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_reparameterized(guide_trace, "iwae")
         log_w = log_weights(model_trace, guide_trace)
         log_mean_w = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
         bound = plate_scale(model_trace, guide_trace) * log_mean_w.sum()

@@ -32,6 +32,7 @@ class ScoreFunction_ELBO(ParticleELBO):
     param store under a name shared by every model; these stateless baselines need none.
     """
 
+    name = "score_function"
     reparameterized = False
 
     def __init__(self, num_particles: int = 1, baseline: str = "batch"):

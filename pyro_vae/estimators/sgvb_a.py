@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, check_reparameterized, log_weights, plate_scale
+from .base import ParticleELBO, log_weights, plate_scale
 
 
 class SGVB_A(ParticleELBO):
@@ -23,10 +23,11 @@ class SGVB_A(ParticleELBO):
     See :class:`~pyro_vae.estimators.sgvb_b.SGVB_B` for the analytic-KL estimator B.
     """
 
+    name = "sgvb_a"
+
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_reparameterized(guide_trace, "sgvb_a")
         log_w = log_weights(model_trace, guide_trace)
         bound = plate_scale(model_trace, guide_trace) * log_w.mean(0).sum()
         return bound, bound

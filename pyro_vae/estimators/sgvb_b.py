@@ -10,7 +10,6 @@ from pyro.poutine import Trace
 from .base import (
     EstimatorError,
     ParticleELBO,
-    check_reparameterized,
     describe_distribution,
     log_density,
     particle_shape,
@@ -82,10 +81,11 @@ class SGVB_B(ParticleELBO):
     :class:`~pyro.infer.TraceMeanField_ELBO` in loss and gradients under the same noise.
     """
 
+    name = "sgvb_b"
+
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_reparameterized(guide_trace, "sgvb_b")
         shape = particle_shape(guide_trace)
         log_px_z = log_density(model_trace, shape, observed=True)
         kl = sum(

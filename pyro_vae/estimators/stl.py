@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, check_reparameterized, log_weights, plate_scale
+from .base import ParticleELBO, log_weights, plate_scale
 
 
 class STL_ELBO(ParticleELBO):
@@ -21,10 +21,11 @@ class STL_ELBO(ParticleELBO):
     Assumes reparameterised latent sites. Pyro has no such estimator.
     """
 
+    name = "stl"
+
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_reparameterized(guide_trace, "stl")
         log_w = log_weights(model_trace, guide_trace, path_only=True)
         bound = plate_scale(model_trace, guide_trace) * log_w.mean(0).sum()
         return bound, bound
