@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae.config import compose_config
+from pyro_vae.data import Minibatches
 from pyro_vae.estimators import ESTIMATORS
 from pyro_vae.evaluate import importance_log_likelihood
 from pyro_vae.experiment import load_run
@@ -37,10 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "estimator_variance"
 # Every registered estimator, and the score function without a baseline beside its default.
 STUDY = ",".join([*ESTIMATORS, "score_function:baseline=none"])
-# Extra runs for the K-sample bounds: with K=1 they are estimator A and STL.
+# Extra runs: the K-sample bounds (with K=1 they are estimator A and STL), and REINFORCE with
+# the per-datapoint leave-one-out baseline, which needs several particles.
 EXTRA_RUNS = {
     "iwae_k5": ["estimator=iwae", "num_particles=5"],
     "dreg_k5": ["estimator=dreg", "num_particles=5"],
+    "score_function_l4": [
+        "estimator=score_function",
+        "estimator.baseline=particles",
+        "num_particles=4",
+    ],
 }
 
 
@@ -65,6 +72,27 @@ def machine() -> dict:
     }
 
 
+def repeat_strategies(run_dir: Path, repeats: int) -> dict[str, float]:
+    """Milliseconds per gradient estimate of estimator A at L=1 without Pyro, on the lab's
+    minibatch: a loop of single estimates (what the lab does, minus Pyro's tracing) against
+    all repeats in one pass with per-repeat gradients from one batched backward
+    (``is_grads_batched``, i.e. vmap over the backward graph)."""
+    loaded = load_run(run_dir)
+    data, vae = loaded.data(), loaded.vae
+    _, x = next(Minibatches(data.train, 100, seed=0, binarize=data.train_binarize).epoch(0))
+    params = list(vae.parameters())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.autograd.grad(-vae.log_weights(x, 1).sum(), params)
+    loop = (time.perf_counter() - start) / repeats
+    for r in (2, repeats):  # the first call, untimed, warms up vmap
+        start = time.perf_counter()
+        per_repeat = -vae.log_weights(x, r).sum(1)
+        torch.autograd.grad(per_repeat, params, grad_outputs=torch.eye(r), is_grads_batched=True)
+        batched = (time.perf_counter() - start) / r
+    return {"torch_loop_ms": 1000 * loop, "torch_batched_ms": 1000 * batched}
+
+
 def variance_study(args: argparse.Namespace) -> None:
     run_dir = train("trace_elbo", [], args)
     last = RunDir(run_dir).snapshots()[-1][1].name
@@ -75,6 +103,12 @@ def variance_study(args: argparse.Namespace) -> None:
     common["estimators"] += ",score_function:baseline=particles"
     rows += variance_lab(run_dir, checkpoints=last, num_particles=[3, 10], **common)
     seconds = time.perf_counter() - start
+    speed = repeat_strategies(run_dir, args.repeats)
+    lab_ms = next(
+        1000 * r["seconds_per_estimate"]
+        for r in rows
+        if r["estimator"] == "sgvb_a" and r["num_particles"] == 1 and r["checkpoint"] == last
+    )
     header = (
         "# Gradient variance of the ELBO estimators, MNIST, Nz=20, 784-500-20 MLPs\n\n"
         f"Command: `python experiments/estimator_variance.py --repeats {args.repeats}` "
@@ -82,13 +116,16 @@ def variance_study(args: argparse.Namespace) -> None:
         f"One minibatch of 100 training images (seed 0), {args.repeats} independent gradient "
         "estimates per estimator; gradients of the per-datapoint bound; phi = encoder, "
         "theta = decoder. Lab time: "
-        f"{seconds_over_training:.0f} s for the checkpoints at L=1, {seconds:.0f} s in all."
+        f"{seconds_over_training:.0f} s for the checkpoints at L=1, {seconds:.0f} s in all. "
+        f"Repeats in a loop, as here: sgvb_a {lab_ms:.1f} ms per estimate (L=1); the same "
+        f"arithmetic without Pyro {speed['torch_loop_ms']:.1f} ms in a loop, "
+        f"{speed['torch_batched_ms']:.1f} ms with all repeats in one batched backward pass."
     )
     print(markdown_table(rows))
     paths = write_report(rows, args.out, header)
     atomic_write_text(
         Path(args.out) / "machine.json",
-        json.dumps({**machine(), "lab_seconds": round(seconds, 1)}, indent=2) + "\n",
+        json.dumps({**machine(), "lab_seconds": round(seconds, 1), **speed}, indent=2) + "\n",
     )
     print("\n".join(map(str, paths)))
 

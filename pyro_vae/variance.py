@@ -36,13 +36,12 @@ from typing import Any
 
 import pyro
 import torch
-import yaml
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from .config import CONF_DIR, ConfigError, config_choices
 from .data import Minibatches
-from .estimators import build_estimator
+from .estimators import EstimatorError, build_estimator
 from .experiment import load_run
 from .model import VAE
 from .plots import _save
@@ -97,7 +96,7 @@ def parse_estimators(text: str | None) -> list[EstimatorSpec]:
             key, sep, value = param.partition("=")
             if not sep:
                 raise ConfigError(f"variance: estimator parameter {param!r} is not key=value")
-            cfg[key] = yaml.safe_load(value)
+            cfg[key] = OmegaConf.create(f"v: {value}").v  # YAML typing, as on the command line
         specs.append(EstimatorSpec(cfg))
     return specs
 
@@ -158,8 +157,6 @@ def gradient_statistics(
 ) -> dict[str, Any]:
     """R = ``repeats`` independent estimates of grad(-loss / N) on (x, idx): per group
     :meth:`Moments.summary`, and the mean bound and seconds per estimate."""
-    if repeats < 2:
-        raise ConfigError(f"variance: repeats={repeats} is not allowed: expected an integer >= 2")
     named = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     members = {g: [i for i, (n, _) in enumerate(named) if parameter_group(n) == g] for g in GROUPS}
@@ -205,6 +202,8 @@ def variance_lab(
 ) -> list[dict[str, Any]]:
     """The lab's table (one row per checkpoint, L, estimator and parameter group)."""
     specs = parse_estimators(estimators)
+    if repeats < 2:
+        raise ConfigError(f"variance: repeats={repeats} is not allowed: expected an integer >= 2")
     if not num_particles or any(not (isinstance(k, int) and k >= 1) for k in num_particles):
         raise ConfigError(f"variance: num_particles={list(num_particles)} must be integers >= 1")
     run = RunDir(run_dir)
@@ -230,13 +229,14 @@ def variance_lab(
             vae.load_state_dict(state["model"])
             for num in num_particles:
                 for spec in specs:
+                    pyro.set_rng_seed(seed)
                     try:
                         elbo = build_estimator(spec.cfg, num)
-                    except ConfigError as e:
+                        stats = gradient_statistics(elbo, vae, x, idx, repeats)
+                    except (ConfigError, EstimatorError) as e:
+                        # E.g. sgvb_b on a run with a mixture prior: the others still run.
                         print(f"variance: skipped {spec.label} at L={num}: {e}", file=sys.stderr)
                         continue
-                    pyro.set_rng_seed(seed)
-                    stats = gradient_statistics(elbo, vae, x, idx, repeats)
                     for group, summary in stats["groups"].items():
                         rows.append(
                             {
