@@ -24,14 +24,11 @@ from pyro_vae.train import run_training
 
 from .conftest import bars_dataset
 
-# |mean - exact| < Z standard errors per coordinate: with ~100 coordinates per estimator a
-# correct estimator fails one with probability ~100 * 6e-5 under the normal approximation;
-# seeds are fixed, so the outcome is deterministic.
+# |mean - exact| < Z standard errors per coordinate (the SE estimated from the draws): with
+# 32 coordinates a correct estimator fails one with probability below 32 * 6e-5 under the
+# normal approximation; seeds are fixed, so the outcome is deterministic.
 Z = 4.0
-
-
 F64 = torch.float64
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
