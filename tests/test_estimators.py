@@ -283,6 +283,17 @@ def test_unbiased_estimators_agree_with_the_exact_gradient(cfg, num_particles, r
     assert ((mean - exact).abs() <= Z * se + 1e-9 * (1 + exact.abs())).all()
 
 
+def test_the_unbiasedness_check_rejects_the_gradient_of_another_bound():
+    """IWAE with K=5 estimates the gradient of L_5, not of the ELBO: the check above must
+    see the difference (it is over 100 standard errors here)."""
+    lg = LinearGaussian()
+    x, idx = lg.x[:5], torch.arange(5)
+    exact = flat(torch.autograd.grad(-lg.exact_bound(x), lg.encoder + lg.decoder))
+    pyro.set_rng_seed(0)
+    mean, se = mean_and_se(build_estimator({"name": "iwae"}, 5), lg, (x, idx), 200)
+    assert ((mean - exact).abs() / se).max() > 10 * Z
+
+
 def test_dreg_and_iwae_estimate_the_same_gradient():
     """Both are unbiased for grad L_K (no closed form for K > 1): the two means agree within
     Z combined standard errors, and DReG's encoder variance is the smaller."""
