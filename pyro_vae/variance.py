@@ -168,15 +168,11 @@ def gradient_statistics(
     for _ in range(repeats):
         start = time.perf_counter()
         loss = elbo.differentiable_loss(vae.model, vae.guide, x, idx)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
         seconds += time.perf_counter() - start
         bound += -loss.item() / n / repeats
         for g, m in moments.items():
-            flat = [
-                (grads[i] if grads[i] is not None else torch.zeros_like(params[i])).reshape(-1)
-                for i in members[g]
-            ]
-            m.add(torch.cat(flat) / n)
+            m.add(torch.cat([grads[i].reshape(-1) for i in members[g]]) / n)
     return {
         "bound": bound,
         "seconds_per_estimate": seconds / repeats,

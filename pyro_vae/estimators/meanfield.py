@@ -20,9 +20,10 @@ class MeanField_ELBO(TraceMeanField_ELBO):
         L = (N/M) sum_i [-KL(q(z | x_i) || p(z)) + (1/L) sum_l log p(x_i | z_il)]
 
     where ``torch.distributions.kl_divergence`` has a closed form for (q, p): estimator B
-    (eq. 7) by Pyro's route. Where torch has none (a Laplace or mixture prior, say) Pyro
-    silently uses the Monte Carlo term log p(z_l) - log q(z_l) of estimator A for that site;
-    this class logs a warning naming the prior the first time that happens.
+    (eq. 7) by Pyro's route. Where torch has none (a Student-t or mixture prior, say; a
+    Laplace prior has one) Pyro silently uses the Monte Carlo term log p(z_l) - log q(z_l)
+    of estimator A for that site; this class logs a warning naming the prior the first
+    time that happens.
     Assumes a mean-field, reparameterised guide (Pyro's docstring has the details).
 
     No JIT variant is offered: pyro 1.9.2's ``JitTraceMeanField_ELBO`` checks for the
@@ -45,22 +46,18 @@ class MeanField_ELBO(TraceMeanField_ELBO):
         return super()._differentiable_loss_particle(model_trace, guide_trace)
 
 
-def warn_monte_carlo_kl(model_trace: Trace, guide_trace: Trace) -> list[str]:
-    """Log (and return) the latent sites whose KL torch cannot compute in closed form."""
-    fallback = []
+def warn_monte_carlo_kl(model_trace: Trace, guide_trace: Trace) -> None:
+    """Log a warning for each latent site whose KL torch cannot compute in closed form."""
     for name, site in sample_sites(model_trace, observed=False):
         guide_fn = guide_trace.nodes[name]["fn"]
         try:
             with torch.no_grad():
                 kl_divergence(guide_fn, site["fn"])
         except NotImplementedError:
-            fallback.append(name)
             logger.warning(
-                "estimator=meanfield: torch has no closed-form KL(%s || %s) at site %r, so "
-                "that KL term is estimated by Monte Carlo (as in estimator A) for prior %s",
+                "estimator=meanfield: torch has no closed-form KL for prior %s (guide %s) at "
+                "site %r; that term is estimated by Monte Carlo, as in estimator A",
+                describe_distribution(site["fn"]),
                 describe_distribution(guide_fn),
-                describe_distribution(site["fn"]),
                 name,
-                describe_distribution(site["fn"]),
             )
-    return fallback
