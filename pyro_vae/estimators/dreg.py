@@ -19,8 +19,9 @@ class DReG_ELBO(ParticleELBO):
 
     with w_ik = softmax_k(log w_ik), log w = log p(x, z) - log q(z|x). The encoder term is
     the IWAE gradient with its score-function part rewritten by a second
-    reparameterisation: unbiased for grad_phi L_K, with a signal-to-noise ratio that does
-    not decay as K grows. At K = 1 it equals :class:`~pyro_vae.estimators.stl.STL_ELBO`.
+    reparameterisation: unbiased for grad_phi L_K, and its signal-to-noise ratio does not
+    decay with K as IWAE's does (Rainforth et al. 2018). At K = 1 it equals
+    :class:`~pyro_vae.estimators.stl.STL_ELBO`.
 
     How the surrogate gets the w^2 weights without knowing which parameters belong to the
     encoder: sum_k w_k log w_k (log q through the sampling path only) has the right

@@ -9,7 +9,7 @@ from .base import ParticleELBO, log_weights, plate_scale
 
 
 class STL_ELBO(ParticleELBO):
-    """The path-derivative gradient estimator of the ELBO (eq. 8 with estimator A's value)::
+    """The ELBO of eq. 8, estimated as by A, with the path-derivative encoder gradient::
 
         grad_phi ~= (N/M) sum_i (1/L) sum_l d[log p(x_i, z) - log q_phi'(z | x_i)]/dz
                     * dz_il/dphi   at phi' = phi held fixed
