@@ -1,7 +1,7 @@
 """The estimator study on MNIST (Nz=20, the paper's 500-unit MLPs): gradient variance of every
 ELBO estimator over training and against L, and the 10-epoch test ELBO of training with each.
 
-    python experiments/estimator_variance.py              # the variance study (~5 min)
+    python experiments/estimator_variance.py              # the variance study (~2 min + training)
     python experiments/estimator_variance.py --training   # train with every estimator (~20 min)
 
 Both write into experiments/results/estimator_variance/ (tables, figures, the command and the
