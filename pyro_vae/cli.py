@@ -3,6 +3,7 @@
     pyro-vae train [key=value ...] [-m]     train (Hydra overrides; -m for a sweep)
     pyro-vae evaluate RUN_DIR [key=value]   test ELBO and importance-sampled log p(x)
     pyro-vae plot RUN_DIR [key=value]       the run's figures
+    pyro-vae variance RUN_DIR [key=value]   gradient variance of the ELBO estimators
 
 ``train`` is a Hydra application: ``pyro-vae train --help`` lists the config groups and
 ``pyro-vae train --cfg job`` prints the composed configuration without training.
@@ -29,12 +30,18 @@ commands:
                                        checkpoint (last.pt), device, seed
   plot RUN_DIR [key=value]       ELBO curves, 2-D manifold, samples, reconstructions
                                  keys: checkpoint (last.pt)
+  variance RUN_DIR [key=value]   gradient variance, SNR and time of each ELBO estimator
+                                 keys: estimators (all; e.g. sgvb_a,score_function:baseline=none),
+                                       num_particles (1; e.g. 1,10), repeats (100),
+                                       checkpoints (last | all | epoch_0004.pt,...),
+                                       batch_size (the run's), seed (0), device, out_dir
 
 examples:
   pyro-vae train                                    # the paper's MNIST model, defaults
   pyro-vae train dataset=frey_face latent_dim=2 epochs=100
   pyro-vae train --cfg job                          # show the configuration
   pyro-vae evaluate runs/mnist/2026-01-01_12-00-00 num_samples=5000
+  pyro-vae variance runs/mnist/2026-01-01_12-00-00 checkpoints=all num_particles=1,10
 """
 
 # Errors a user can fix from the message alone: printed without a traceback.
@@ -151,10 +158,20 @@ def cmd_plot(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_variance(args: Sequence[str]) -> int:
+    from .variance import VARIANCE_KEYS, run_variance
+
+    run_dir, rest = _split_run_dir(args, "variance")
+    for path in run_variance(run_dir, **parse_key_values(rest, VARIANCE_KEYS, "variance")):
+        print(path)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "plot": cmd_plot,
+    "variance": cmd_variance,
 }
 
 

@@ -84,7 +84,7 @@ def _bool(cfg: Any, key: str) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Refuse values the rest of the code cannot use (ConfigError naming key, value, allowed)."""
-    from .estimators import ESTIMATORS
+    from .estimators import ESTIMATORS, build_estimator
     from .methods import METHODS
     from .networks import ACTIVATIONS, LIKELIHOODS
     from .optim import OPTIMIZERS
@@ -128,6 +128,7 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of(cfg, "optim.name", OPTIMIZERS)
     validate_prior_config(cfg.prior, cfg.latent_dim)
     _one_of(cfg, "estimator.name", sorted(ESTIMATORS))
+    build_estimator(cfg.estimator, cfg.num_particles)  # refuses unknown or bad parameters
     _one_of(cfg, "method", sorted(METHODS))
 
 
