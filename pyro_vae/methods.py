@@ -23,7 +23,9 @@ class TrainingMethod(Protocol):
     """One update per minibatch; returns the minibatch's loss estimate.
 
     The loss is -ELBO scaled to the full data set (eq. 8), so ``-loss / N`` is the
-    per-datapoint lower bound reported in the metrics.
+    per-datapoint lower bound reported in the metrics. A step whose loss or gradient is
+    NaN/Inf raises :class:`~pyro_vae.optim.NonFiniteError` without updating anything
+    (``TorchOptimizer`` checks gradients; :func:`finite_loss_and_grads` the loss).
     """
 
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float: ...

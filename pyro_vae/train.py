@@ -440,6 +440,9 @@ def _train(trainer: Trainer, run: RunDir, resume: bool) -> dict[str, Any]:
     if resume and run.has_checkpoint():
         state, path = run.resume_checkpoint()
         trainer.load_state_dict(state)
+        if run.is_finished() and trainer._done():  # e.g. a -m sweep resumed: leave it be
+            print(f"{run.path} already holds a finished run; nothing to resume", file=sys.stderr)
+            return run.summary()
         print(
             f"resuming {run.path} from {path.name} at step {trainer.step} "
             f"(epoch {trainer.epoch + 1}, batch {trainer.batch} of {len(trainer.batches)})",
