@@ -118,9 +118,14 @@ def _positive_number(cfg: Any, key: str, allow_zero: bool = False) -> None:
 
 
 def _one_of(cfg: Any, key: str, allowed: Sequence[str]) -> None:
-    v = OmegaConf.select(cfg, key)
-    if v not in allowed:
-        _fail(key, v, f"one of {list(allowed)}")
+    _check_name(key, OmegaConf.select(cfg, key), allowed)
+
+
+def _check_name(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(key, value, f"one of {list(allowed)}{hint}")
 
 
 def _bool(cfg: Any, key: str) -> None:
@@ -297,7 +302,7 @@ def check_overrides(args: Sequence[str]) -> None:
         [*first[:i], v, *first[i + 1 :]] for i, c in enumerate(choices) for v in c[1:]
     ]
     for variant in variants:
-        _check_group_choices(variant)
+        _check_override_keys(variant)
         try:
             cfg = compose_config(variant)
         except (HydraException, OmegaConfBaseException) as e:
@@ -305,18 +310,14 @@ def check_overrides(args: Sequence[str]) -> None:
         validate_config(cfg)
 
 
-def _check_group_choices(overrides: Sequence[str]) -> None:
+def _check_override_keys(overrides: Sequence[str]) -> None:
     """Unknown group choices and keys, with the closest known one (Hydra only says no)."""
     groups = config_groups()
     chosen = []
     for o in overrides:
         key, _, value = o.partition("=")
         if key in groups:
-            choices = config_choices(key)
-            if value not in choices:
-                close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                _fail(key, value, f"one of {choices}{hint}")
+            _check_name(key, value, config_choices(key))
             chosen.append(o)
     defaults = _defaults(tuple(chosen))
     known = _flat_keys(defaults)

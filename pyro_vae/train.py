@@ -161,6 +161,14 @@ class Trainer:
             torch.cuda.set_rng_state(cuda, self.device)
 
     def save_checkpoint(self) -> None:
+        # Finite gradients can still step a parameter to Inf (an absurd lr): such a state
+        # must not replace the last good checkpoint.
+        if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
+            raise TrainingError(
+                f"non-finite parameters after step {self.step} (method={self.cfg.method}, "
+                f"estimator={self.cfg.estimator.name}); the last good checkpoint "
+                f"(step {self.checkpoint_step}) is kept; a smaller lr may avoid it"
+            )
         self.run.save_checkpoint(self.state_dict())
         self.checkpoint_step = self.step
         self._last_checkpoint_time = time.monotonic()
@@ -297,7 +305,6 @@ class Trainer:
             file=sys.stderr,
         )
         last = {}
-        self._last_checkpoint_time = time.monotonic()
         with bar, self._stop_on_signals():
             while not self._done():
                 self._check_stop()
@@ -468,7 +475,8 @@ def _train(trainer: Trainer, run: RunDir, resume: bool) -> dict[str, Any]:
     try:
         last = trainer.fit()
     except TrainingInterrupted as e:
-        trainer.save_checkpoint()
+        if trainer.checkpoint_step != trainer.step:  # not when one was just written
+            trainer.save_checkpoint()
         run.update_summary(status="interrupted", step=trainer.step, samples=trainer.samples)
         print(
             f"\n{e}: stopped at step {trainer.step}; checkpoint saved to "

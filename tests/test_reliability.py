@@ -25,7 +25,7 @@ from pyro_vae.optim import NonFiniteError, TorchOptimizer
 from pyro_vae.rundir import CheckpointError, RunDir, RunDirError
 from pyro_vae.train import Trainer, TrainingError, run_training
 
-from .conftest import tiny_overrides
+from .conftest import bars_dataset, tiny_overrides
 
 # Runs `pyro-vae` with every step slowed down, so that a test can act mid-training (the
 # numbers are untouched); with PAUSE_IN_CHECKPOINT=n the n-th write of last.pt stops
@@ -93,11 +93,13 @@ def assert_same_run(reference: Path, resumed: Path):
     assert_same(ref.load_checkpoint(), res.load_checkpoint())
 
 
-@pytest.fixture
-def reference(tiny_cfg, tmp_path):
-    """The uninterrupted run every interrupted one is compared with."""
-    run_training(tiny_cfg("epochs=3", run_dir=tmp_path / "reference"))
-    return tmp_path / "reference"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every interrupted one is compared with (read, never written)."""
+    d = tmp_path_factory.mktemp("reference")
+    np.save(d / "bars.npy", bars_dataset())
+    run_training(compose_config(tiny_overrides(d / "bars.npy", d / "run", "epochs=3")))
+    return d / "run"
 
 
 def start_driver(bars_path, run_dir, **env):
@@ -266,6 +268,17 @@ def test_nan_gradient_with_a_finite_loss_is_caught_before_the_optimiser(tiny_cfg
         trainer.fit()
     assert_same(before, trainer.vae.state_dict(), "model")
     assert trainer.method.state_dict()["optimizer"]["state"] == {}  # Adam never stepped
+
+
+def test_non_finite_parameters_never_replace_the_last_good_checkpoint(tiny_cfg, tmp_path):
+    trainer = Trainer(tiny_cfg(), tmp_path / "run")
+    trainer.save_checkpoint()
+    with torch.no_grad():
+        next(trainer.vae.parameters())[0, 0] = float("inf")  # as an overflowing update would
+    trainer.step = 5
+    with pytest.raises(TrainingError, match=r"non-finite parameters after step 5 .*\(step 0\)"):
+        trainer.save_checkpoint()
+    assert RunDir(tmp_path / "run").load_checkpoint()["position"]["step"] == 0
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
