@@ -128,6 +128,31 @@ def resume(run_dir, capsys, *extra):
     return capsys.readouterr().err
 
 
+# --- checkpoint schedule ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interval", "steps"),
+    [
+        ("checkpoint_every_steps=4", [4, 8, 9, 12, 16, 18]),
+        ("checkpoint_every_seconds=1e-9", list(range(1, 19))),
+        ("checkpoint_every=2", [18]),
+    ],
+)
+def test_checkpoints_within_and_between_epochs(tiny_cfg, monkeypatch, interval, steps):
+    written = []
+    save = RunDir.save_checkpoint
+
+    def recording_save(self, state, name="last.pt"):
+        if name == "last.pt":
+            written.append(state["position"]["step"])
+        return save(self, state, name)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", recording_save)
+    run_training(tiny_cfg("epochs=2", interval))
+    assert written == steps  # 9 steps per epoch; epoch ends are checkpointed after their metrics
+
+
 # --- SIGKILL, SIGINT, SIGTERM ----------------------------------------------------------------
 
 
