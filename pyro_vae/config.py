@@ -307,7 +307,8 @@ def check_overrides(args: Sequence[str]) -> None:
             cfg = compose_config(variant)
         except (HydraException, OmegaConfBaseException) as e:
             raise ConfigError(_one_line(e)) from None
-        validate_config(cfg)
+        if not parsed.cfg:  # --cfg job only prints it, values still to be filled in
+            validate_config(cfg)
 
 
 def _check_override_keys(overrides: Sequence[str]) -> None:
