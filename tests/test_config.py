@@ -280,7 +280,7 @@ def fuzz_data(tmp_path_factory):
 
 
 @settings(
-    max_examples=60,
+    max_examples=50,
     deadline=None,
     derandomize=True,  # the same examples on every run: a failure is reproducible
     database=None,
