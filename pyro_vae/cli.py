@@ -44,12 +44,13 @@ examples:
   pyro-vae variance runs/mnist/2026-01-01_12-00-00 checkpoints=all num_particles=1,10
 """
 
-# Errors a user can fix from the message alone: printed without a traceback.
+# Errors a user can fix from the message alone: printed without a traceback (exit code 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     RunDirError,
     FileNotFoundError,
     ValueError,
+    OSError,  # a full disk, a run_dir without write permission: the message names the file
 )
 
 
@@ -85,25 +86,28 @@ def cmd_train(args: Sequence[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from .train import run_training
+    from .config import check_overrides
+    from .train import TrainingError, TrainingInterrupted, run_training
 
+    check_overrides(args)  # before Hydra creates a run directory
     status = {"code": 0}
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
+        # In a -m sweep one failed run does not stop the others; its message names it.
+        where = f"{run_dir}: " if hc.mode == RunMode.MULTIRUN else ""
         try:
             summary = run_training(cfg, run_dir, list(hc.overrides.task))
         except USER_ERRORS as e:
-            if hc.mode == RunMode.MULTIRUN:
-                raise
             _remove_if_empty(run_dir)
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {where}{e}", file=sys.stderr)
             status["code"] = 2
             return
-        except KeyboardInterrupt:
-            status["code"] = 130
+        except TrainingError as e:
+            print(f"error: {where}{e}", file=sys.stderr)
+            status["code"] = max(status["code"], 1)
             return
         _report(run_dir, summary)
 
@@ -111,6 +115,8 @@ def cmd_train(args: Sequence[str]) -> int:
     sys.argv = ["pyro-vae train", *args]
     try:
         _task()
+    except TrainingInterrupted as e:  # also ends a -m sweep: the remaining runs do not start
+        return e.exit_code
     finally:
         sys.argv = argv
     return status["code"]
