@@ -239,9 +239,14 @@ def validate_config(cfg: DictConfig) -> None:
             _fail("optim.betas", betas, "two numbers in [0, 1), such as [0.9, 0.999]")
     if "eps" in cfg.optim:
         _positive_number(cfg, "optim.eps")
-    validate_prior_config(cfg.prior, cfg.latent_dim)
+    prior = validate_prior_config(cfg.prior, cfg.latent_dim)
     _one_of(cfg, "estimator.name", sorted(ESTIMATORS))
-    build_estimator(cfg.estimator, cfg.num_particles)  # refuses unknown or bad parameters
+    estimator = build_estimator(cfg.estimator, cfg.num_particles)  # refuses bad parameters
+    if hasattr(estimator, "check_prior"):
+        try:
+            estimator.check_prior(prior())
+        except ValueError as e:
+            raise ConfigError(f"prior={cfg.prior.name}: {e}") from None
     _one_of(cfg, "method", sorted(METHODS))
 
 

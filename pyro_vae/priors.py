@@ -291,17 +291,17 @@ def build_prior(cfg: Mapping[str, Any], latent_dim: int, **context: Any) -> Prio
     return prior
 
 
-def validate_prior_config(cfg: Mapping[str, Any], latent_dim: int) -> None:
+def validate_prior_config(cfg: Mapping[str, Any], latent_dim: int) -> Prior:
     """Refuse a bad ``prior`` config (ConfigError naming the key) before any data are read.
 
     The prior is built once, on a throwaway one-pixel encoder, without touching the
-    caller's random stream.
+    caller's random stream; it is returned so callers can check what else depends on it.
     """
     from .networks import GaussianEncoder
 
     with torch.random.fork_rng(devices=[]):
         encoder = GaussianEncoder(1, latent_dim, [], "tanh")
-        build_prior(cfg, latent_dim, x_dim=1, encoder=encoder)
+        return build_prior(cfg, latent_dim, x_dim=1, encoder=encoder)
 
 
 def prior_quantiles(prior: dist.TorchDistribution, u: torch.Tensor) -> tuple[torch.Tensor, str]:

@@ -434,3 +434,18 @@ def test_every_estimator_is_selectable_by_config_and_learns_the_bars(name):
 def test_training_run_with_a_hand_written_estimator(tiny_cfg):
     summary = run_training(tiny_cfg("estimator=dreg", "num_particles=3", "epochs=2"))
     assert summary["status"] == "finished" and summary["test_elbo"] > -11.0
+
+
+def test_analytic_estimator_with_a_prior_without_closed_form_is_refused_before_training(
+    bars_path, tmp_path, capsys
+):
+    from pyro_vae.cli import main
+
+    from .conftest import tiny_overrides
+
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(bars_path, run_dir, "estimator=sgvb_b", "prior=laplace")
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "prior=laplace" in err and "Laplace" in err and "estimator=sgvb_a" in err
+    assert not run_dir.exists()

@@ -46,18 +46,22 @@ def gaussian_kl(
     return 0.5 * (r + ((mu - m) / s) ** 2 - 1.0 - torch.log(r))
 
 
+def _no_closed_form(fn, role: str, site: str) -> EstimatorError:
+    return EstimatorError(
+        f"estimator=sgvb_b computes KL(q || p) in closed form (eq. 10), which needs "
+        f"diagonal Gaussians; {role} at site {site!r} is {describe_distribution(fn)}. "
+        "Use estimator=sgvb_a (eq. 6, any prior) or estimator=meanfield (torch's KL "
+        "registry where one is registered, Monte Carlo otherwise)"
+    )
+
+
 def analytic_kl(guide_fn, prior_fn, site: str = "z") -> torch.Tensor:
     """KL(q || p) of diagonal Gaussians, summed over the event dimensions: shape
     ``guide_fn.batch_shape``. Any other family raises an :class:`EstimatorError`."""
     q, p = diagonal_normal(guide_fn), diagonal_normal(prior_fn)
     for params, fn, role in ((p, prior_fn, "the prior p(z)"), (q, guide_fn, "the guide q(z|x)")):
         if params is None:
-            raise EstimatorError(
-                f"estimator=sgvb_b computes KL(q || p) in closed form (eq. 10), which needs "
-                f"diagonal Gaussians; {role} at site {site!r} is {describe_distribution(fn)}. "
-                "Use estimator=sgvb_a (eq. 6, any prior) or estimator=meanfield (torch's KL "
-                "registry where one is registered, Monte Carlo otherwise)"
-            )
+            raise _no_closed_form(fn, role, site)
     kl = gaussian_kl(*q, *p)
     event_dims = len(guide_fn.event_shape)
     kl = kl.expand(guide_fn.batch_shape + guide_fn.event_shape)
@@ -83,6 +87,12 @@ class SGVB_B(ParticleELBO):
     """
 
     name = "sgvb_b"
+
+    @staticmethod
+    def check_prior(prior_fn) -> None:
+        """Refuse, before training starts, a prior without the closed-form KL of eq. 10."""
+        if diagonal_normal(prior_fn) is None:
+            raise _no_closed_form(prior_fn, "the prior p(z)", "z")
 
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
