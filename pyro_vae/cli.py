@@ -3,6 +3,7 @@
     pyro-vae train [key=value ...] [-m]     train (Hydra overrides; -m for a sweep)
     pyro-vae evaluate RUN_DIR [key=value]   test ELBO and importance-sampled log p(x)
     pyro-vae plot RUN_DIR [key=value]       the run's figures
+    pyro-vae variance RUN_DIR [key=value]   gradient variance of the ELBO estimators
 
 ``train`` is a Hydra application: ``pyro-vae train --help`` lists the config groups and
 ``pyro-vae train --cfg job`` prints the composed configuration without training.
@@ -32,20 +33,27 @@ commands:
   compare RUN_DIR... [out=PATH]  table and overlaid ELBO curves of any runs (directories,
                                  globs, or a sweep directory); out: figure (compare.png),
                                  the table is also written beside it as .csv
+  variance RUN_DIR [key=value]   gradient variance, SNR and time of each ELBO estimator
+                                 keys: estimators (all; e.g. sgvb_a,score_function:baseline=none),
+                                       num_particles (1; e.g. 1,10), repeats (100),
+                                       checkpoints (last | all | epoch_0004.pt,...),
+                                       batch_size (the run's), seed (0), device, out_dir
 
 examples:
   pyro-vae train                                    # the paper's MNIST model, defaults
   pyro-vae train dataset=frey_face latent_dim=2 epochs=100
   pyro-vae train --cfg job                          # show the configuration
   pyro-vae evaluate runs/mnist/2026-01-01_12-00-00 num_samples=5000
+  pyro-vae variance runs/mnist/2026-01-01_12-00-00 checkpoints=all num_particles=1,10
 """
 
-# Errors a user can fix from the message alone: printed without a traceback.
+# Errors a user can fix from the message alone: printed without a traceback (exit code 2).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     RunDirError,
     FileNotFoundError,
     ValueError,
+    OSError,  # a full disk, a run_dir without write permission: the message names the file
 )
 
 
@@ -81,25 +89,28 @@ def cmd_train(args: Sequence[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from .train import run_training
+    from .config import check_overrides
+    from .train import TrainingError, TrainingInterrupted, run_training
 
+    check_overrides(args)  # before Hydra creates a run directory
     status = {"code": 0}
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
+        # In a -m sweep one failed run does not stop the others; its message names it.
+        where = f"{run_dir}: " if hc.mode == RunMode.MULTIRUN else ""
         try:
             summary = run_training(cfg, run_dir, list(hc.overrides.task))
         except USER_ERRORS as e:
-            if hc.mode == RunMode.MULTIRUN:
-                raise
             _remove_if_empty(run_dir)
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {where}{e}", file=sys.stderr)
             status["code"] = 2
             return
-        except KeyboardInterrupt:
-            status["code"] = 130
+        except TrainingError as e:
+            print(f"error: {where}{e}", file=sys.stderr)
+            status["code"] = max(status["code"], 1)
             return
         _report(run_dir, summary)
 
@@ -107,6 +118,8 @@ def cmd_train(args: Sequence[str]) -> int:
     sys.argv = ["pyro-vae train", *args]
     try:
         _task()
+    except TrainingInterrupted as e:  # also ends a -m sweep: the remaining runs do not start
+        return e.exit_code
     finally:
         sys.argv = argv
     return status["code"]
@@ -168,11 +181,21 @@ def cmd_compare(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_variance(args: Sequence[str]) -> int:
+    from .variance import VARIANCE_KEYS, run_variance
+
+    run_dir, rest = _split_run_dir(args, "variance")
+    for path in run_variance(run_dir, **parse_key_values(rest, VARIANCE_KEYS, "variance")):
+        print(path)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "plot": cmd_plot,
     "compare": cmd_compare,
+    "variance": cmd_variance,
 }
 
 

@@ -26,11 +26,13 @@ import hashlib
 import http.client
 import math
 import os
+import pickle
 import struct
 import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -507,20 +509,34 @@ def _read_array_file(file: Path, role: str) -> tuple[torch.Tensor, tuple[int, in
     if not file.is_file():
         raise FileNotFoundError(f"dataset file {file} does not exist")
     suffix = file.suffix.lower()
-    if suffix == ".npy":
-        a = np.load(file, allow_pickle=False)
-    elif suffix == ".npz":
-        with np.load(file, allow_pickle=False) as archive:
-            a = archive[_pick_key(archive.files, file, role)]
-    elif suffix == ".pt":
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-        if isinstance(obj, dict):
-            obj = obj[_pick_key(list(obj), file, role)]
-        if not isinstance(obj, torch.Tensor):
-            raise ValueError(f"{file} holds a {type(obj).__name__}, not a tensor")
-        a = obj.detach().numpy()
-    else:
+    if suffix not in (".npy", ".npz", ".pt"):
         raise ValueError(f"{file}: unknown extension {suffix!r}; use .npy, .npz or .pt")
+    try:
+        if suffix == ".npy":
+            a = np.load(file, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(file, allow_pickle=False) as archive:
+                a = archive[_pick_key(archive.files, file, role)]
+        else:
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = obj[_pick_key(list(obj), file, role)]
+            if not isinstance(obj, torch.Tensor):
+                raise ValueError(f"{file} holds a {type(obj).__name__}, not a tensor")
+            a = obj.detach().numpy()
+    except (
+        EOFError,
+        OSError,
+        RuntimeError,
+        ValueError,
+        zipfile.BadZipFile,
+        pickle.PickleError,
+    ) as e:
+        if str(file) in str(e):  # one of ours above, already clear
+            raise
+        # numpy and torch say what is wrong but not with which file (empty, truncated,
+        # not an array file, pickled objects)
+        raise ValueError(f"dataset file {file} could not be read as {suffix} ({e})") from e
 
     if a.ndim not in (2, 3):
         raise ValueError(f"{file}: expected [N, D] or [N, H, W] data, got shape {a.shape}")

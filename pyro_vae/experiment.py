@@ -50,8 +50,9 @@ def load_data(cfg: DictConfig, device: torch.device | str = "cpu") -> RunData:
         test_fraction=d.get("test_fraction", 0.1),
         image_shape=d.get("image_shape"),
     )
-    check_data_for_likelihood(ds.train, cfg.likelihood, where=f"dataset={d.name} (train)")
-    check_data_for_likelihood(ds.test, cfg.likelihood, where=f"dataset={d.name} (test)")
+    for split, x in (("train", ds.train), ("test", ds.test)):
+        where = f"dataset={d.name} ({split}: {ds.source})"
+        check_data_for_likelihood(x, cfg.likelihood, where=where)
     train, test = ds.train.to(device), ds.test.to(device)
     train_mode = d.binarize
     if train_mode == "fixed":

@@ -18,14 +18,16 @@ from .baselines.mcem import MCEM
 from .baselines.wake_sleep import WakeSleep
 from .estimators import build_estimator
 from .model import VAE
-from .optim import build_optimizer
+from .optim import build_optimizer, check_finite_loss
 
 
 class TrainingMethod(Protocol):
     """One update per minibatch; returns the minibatch's loss estimate.
 
     The loss is -ELBO scaled to the full data set (eq. 8), so ``-loss / N`` is the
-    per-datapoint lower bound reported in the metrics.
+    per-datapoint lower bound reported in the metrics. A step whose loss or gradient is
+    NaN/Inf raises :class:`~pyro_vae.optim.NonFiniteError` without updating anything
+    (``TorchOptimizer`` checks gradients; :func:`finite_loss_and_grads` the loss).
     """
 
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float: ...
@@ -35,6 +37,18 @@ class TrainingMethod(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def finite_loss_and_grads(loss_and_grads: Callable[..., Any]) -> Callable[..., Any]:
+    """``loss_and_grads`` that raises NonFiniteError on a NaN/Inf loss, so ``SVI.step``
+    stops before it calls the optimiser (the gradients are checked there)."""
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        loss = loss_and_grads(*args, **kwargs)
+        check_finite_loss(loss)
+        return loss
+
+    return checked
+
+
 class AEVB:
     """Auto-Encoding VB (algorithm 1): ``SVI`` with the configured ELBO estimator."""
 
@@ -42,6 +56,7 @@ class AEVB:
         self.elbo = build_estimator(cfg.estimator, cfg.num_particles)
         self.optim = build_optimizer(cfg, vae.parameters())
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=self.elbo)
+        self.svi.loss_and_grads = finite_loss_and_grads(self.svi.loss_and_grads)
 
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float:
         return self.svi.step(x, idx)

@@ -3,10 +3,15 @@
 Pyro's ``pyro.optim`` wrappers create one optimiser per parameter and key their state by
 global param-store names; ours wraps a single ``torch.optim`` optimiser, so its state is
 an ordinary ``state_dict`` that a checkpoint restores exactly.
+
+Before each step the global gradient norm is computed (and clipped, ``clip_grad_norm``);
+a NaN or Inf gradient raises :class:`NonFiniteError` before the optimiser touches
+parameters or its own state, so a refused step leaves the model as it was.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,14 +20,27 @@ from pyro.optim import PyroOptim
 OPTIMIZERS = ("adam", "adagrad")
 
 
+class NonFiniteError(ArithmeticError):
+    """A loss or gradient is NaN or Inf; raised before the parameters are updated."""
+
+
+def check_finite_loss(loss: Any) -> None:
+    """Raise NonFiniteError unless ``loss`` (a number, a tensor or a tuple of them) is finite."""
+    for value in loss if isinstance(loss, tuple) else (loss,):
+        value = float(value)
+        if not math.isfinite(value):
+            raise NonFiniteError(f"loss {value}")
+
+
 class TorchOptimizer(PyroOptim):
     """A ``PyroOptim`` that ``SVI`` accepts, stepping one ``torch.optim.Optimizer``.
 
     SVI passes the parameters its trace touched; the wrapped optimiser already holds
-    every parameter of the model and skips those without a gradient.
+    every parameter of the model and skips those without a gradient. ``clip_grad_norm``
+    rescales the gradient of the loss (before weight decay) to at most that global norm.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
+    def __init__(self, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None = None):
         # PyroOptim.__init__ sets up per-parameter machinery we replace; not called.
         self.optimizer = optimizer
         self.pt_optim_constructor = type(optimizer)
@@ -30,8 +48,21 @@ class TorchOptimizer(PyroOptim):
         self.optim_objs: dict = {}
         self.grad_clip: dict = {}
         self._state_waiting_to_be_consumed: dict = {}
+        self.clip_grad_norm = clip_grad_norm
 
     def __call__(self, params: Any = None, *args: Any, **kwargs: Any) -> None:
+        with_grad = [
+            p
+            for group in self.optimizer.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        if self.clip_grad_norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in with_grad])
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(with_grad, self.clip_grad_norm)
+        if not torch.isfinite(norm):
+            raise NonFiniteError(f"gradient (global norm {norm.item()})")
         self.optimizer.step()
 
     def get_state(self) -> dict:
@@ -48,7 +79,7 @@ class TorchOptimizer(PyroOptim):
 
 
 def build_optimizer(cfg: Any, params: Any) -> TorchOptimizer:
-    """``cfg.optim.name`` with ``cfg.lr`` and ``cfg.weight_decay`` over ``params``."""
+    """``cfg.optim.name`` with ``cfg.lr``, ``cfg.weight_decay``, ``cfg.clip_grad_norm``."""
     name = cfg.optim.name
     if name == "adam":
         opt = torch.optim.Adam(
@@ -64,4 +95,4 @@ def build_optimizer(cfg: Any, params: Any) -> TorchOptimizer:
         )
     else:
         raise ValueError(f"optim={name!r} is not one of {list(OPTIMIZERS)}")
-    return TorchOptimizer(opt)
+    return TorchOptimizer(opt, clip_grad_norm=cfg.get("clip_grad_norm"))

@@ -17,9 +17,10 @@ from matplotlib.figure import Figure
 
 from .experiment import load_run
 from .model import VAE
+from .priors import prior_quantiles
 from .rundir import LAST_CHECKPOINT, RunDir
 
-FIGURES = ("elbo", "manifold", "samples", "reconstructions")
+FIGURES = ("elbo", "manifold", "samples", "reconstructions", "aggregate_posterior")
 _DPI = 100
 
 
@@ -73,24 +74,15 @@ def latent_grid(vae: VAE, n: int) -> tuple[torch.Tensor, str]:
     """An n x n grid of z for the manifold figure, and a note saying how it was made.
 
     As in the paper (Figure 4), linearly spaced points of the unit square (cell
-    midpoints, avoiding the infinite quantiles at 0 and 1) are mapped through the inverse
-    CDF of the prior's marginals; without an ``icdf`` the standard Gaussian's is used.
-    Dimensions beyond the first two are held at the prior's per-dimension median where
-    it has one, else 0.
+    midpoints, avoiding the infinite quantiles at 0 and 1) are mapped through the
+    quantile function of the prior's marginals (:func:`~pyro_vae.priors.prior_quantiles`:
+    exact, numerically inverted or empirical; the note says which). Dimensions beyond the
+    first two are held at the prior's per-dimension median.
     """
     device = next(vae.parameters()).device
-    u = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
-    prior = vae.prior()
-    base = getattr(prior, "base_dist", prior)
-    note = "prior quantiles"
-    try:
-        q = base.icdf(u[:, None].expand(n, vae.latent_dim))
-        center = base.icdf(torch.full((vae.latent_dim,), 0.5, device=device))
-    except (NotImplementedError, AttributeError, ValueError, RuntimeError):
-        normal = torch.distributions.Normal(0.0, 1.0)
-        q = normal.icdf(u)[:, None].expand(n, vae.latent_dim)
-        center = torch.zeros(vae.latent_dim, device=device)
-        note = "standard normal quantiles (the prior has no inverse CDF)"
+    levels = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
+    q, note = prior_quantiles(vae.prior(), torch.cat([levels, levels.new_tensor([0.5])]))
+    q, center = q[:n], q[n]
     zz = center.repeat(n * n, 1)
     # Rows run top to bottom in decreasing z2 so the picture reads like a plot.
     zz[:, 0] = q[:, 0].repeat(n)
@@ -137,6 +129,54 @@ def plot_reconstructions(
     return _show_grid(grid, "Reconstructions: input | decoder mean at encoder mean", path)
 
 
+@torch.no_grad()
+def plot_aggregate_posterior(
+    vae: VAE, x: torch.Tensor, path: Path, labels: torch.Tensor | None = None, seed: int = 0
+) -> Path:
+    """For 2-D latents: one z ~ q(z|x) per point of ``x`` over the contours of p(z).
+
+    The points are a draw from the aggregate posterior q(z) = (1/N) sum_n q(z|x_n); where
+    they leave regions of high prior density, or crowd where it is low, the prior and the
+    encoder disagree (the KL term of the ELBO pays for it). Coloured by ``labels`` if given.
+    """
+    if vae.latent_dim != 2:
+        raise ValueError(f"the aggregate-posterior plot needs latent_dim=2, got {vae.latent_dim}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        z = vae.encoder.distribution(x).sample()
+    prior = vae.prior()
+    ends, _ = prior_quantiles(prior, z.new_tensor([0.005, 0.995]))
+    lo = torch.minimum(ends[0], z.quantile(0.005, dim=0))
+    hi = torch.maximum(ends[1], z.quantile(0.995, dim=0))
+    lo, hi = lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)
+    n = 200
+    axes = [torch.linspace(lo[j].item(), hi[j].item(), n, device=z.device) for j in range(2)]
+    g1, g2 = torch.meshgrid(*axes, indexing="xy")
+    density = prior.log_prob(torch.stack([g1, g2], -1).reshape(-1, 2)).exp().reshape(n, n)
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.add_subplot()
+    ax.contourf(g1.cpu(), g2.cpu(), density.cpu(), levels=12, cmap="Blues")
+    z = z.cpu().numpy()
+    size = min(12.0, max(2.0, 4000 / len(z)))  # visible for a few points, not a blot for many
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=size, c="tab:red", alpha=0.6, linewidths=0)
+    else:
+        dots = ax.scatter(
+            z[:, 0], z[:, 1], s=size, c=labels.cpu(), cmap="tab10", alpha=0.6, linewidths=0
+        )
+        ax.legend(*dots.legend_elements(), fontsize=6, loc="upper right", markerscale=0.8)
+    ax.set_xlim(lo[0].item(), hi[0].item())
+    ax.set_ylim(lo[1].item(), hi[1].item())
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_title(
+        f"Aggregate posterior: one z ~ q(z|x) per test point ({len(z)}),\n"
+        "over the density of the prior p(z) (shaded)",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
 def plot_run(
     run_dir: str | Path, checkpoint: str = LAST_CHECKPOINT, figures: Sequence[str] = FIGURES
 ) -> list[Path]:
@@ -154,15 +194,19 @@ def plot_run(
     if not image_figs:
         return out
     loaded = load_run(run.path, checkpoint)
-    shape = loaded.meta.get("image_shape")
-    if not shape:
-        return out
     vae = loaded.vae
-    if "manifold" in figures:
+    shape = loaded.meta.get("image_shape")
+    images = [f for f in image_figs if f != "aggregate_posterior"] if shape else []
+    posterior = "aggregate_posterior" in figures and vae.latent_dim == 2
+    data = loaded.data() if posterior or "reconstructions" in images else None
+    if "manifold" in images:
         out.append(plot_manifold(vae, shape, run.figure_dir / "manifold.png"))
-    if "samples" in figures:
+    if "samples" in images:
         out.append(plot_samples(vae, shape, run.figure_dir / "samples.png"))
-    if "reconstructions" in figures:
-        test = loaded.data().test
-        out.append(plot_reconstructions(vae, test, shape, run.figure_dir / "reconstructions.png"))
+    if "reconstructions" in images:
+        path = run.figure_dir / "reconstructions.png"
+        out.append(plot_reconstructions(vae, data.test, shape, path))
+    if posterior:
+        path = run.figure_dir / "aggregate_posterior.png"
+        out.append(plot_aggregate_posterior(vae, data.test, path, data.dataset.test_labels))
     return out

@@ -6,23 +6,30 @@ Layout::
     <run_dir>/metrics.jsonl        one JSON object per evaluation (epoch ends)
     <run_dir>/summary.json         status and final figures (evaluate adds to it)
     <run_dir>/checkpoints/last.pt  full training state (model, optimiser, RNG, position)
+    <run_dir>/checkpoints/last.prev.pt    the one before it, kept in case last.pt is damaged
     <run_dir>/checkpoints/epoch_NNNN.pt   model snapshots for later analysis
     <run_dir>/figures/*.png
 
 Every file is written atomically (temporary file, fsync, rename), so a crash or a kill
-leaves either the old or the new version, never half of one.
+leaves either the old or the new version, never half of one. Checkpoints also carry a
+SHA-256 of their contents: ``torch.load`` notices a truncated file but not a changed byte
+inside a tensor, and a resumed run must not start from silently damaged numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,14 +38,26 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
+PREVIOUS_CHECKPOINT = "last.prev.pt"
 FIGURE_DIR = "figures"
+LOCK_FILE = ".lock"
+_DIGEST_KEY = "sha256"
 
 
 class RunDirError(RuntimeError):
     """A run directory that cannot be used as asked (missing, unfinished, corrupted)."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+class CheckpointError(RunDirError):
+    """A checkpoint file that is missing, truncated or does not match its checksum."""
+
+
+def atomic_write_bytes(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that a kill at any moment leaves the old or the new file.
+
+    ``keep_previous``: move the file being replaced there first (after the new data are on
+    disk, so the window with neither at ``path`` is two renames wide; readers fall back to it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -47,10 +66,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    # The renames above survive a power cut only once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -59,6 +91,37 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def snapshot_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}.pt"
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Hash a checkpoint's nested dicts, lists, tensors, arrays and scalars, in order."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.dtype}{obj.shape}".encode())
+        h.update(memoryview(np.ascontiguousarray(obj)).cast("B"))
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+        h.update(b"}")
+    elif isinstance(obj, list | tuple):
+        h.update(b"[")
+        for value in obj:
+            _feed(h, value)
+        h.update(b"]")
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of everything in a checkpoint except its own digest."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != _DIGEST_KEY})
+    return h.hexdigest()
 
 
 class RunDir:
@@ -136,22 +199,112 @@ class RunDir:
         return self.path / CHECKPOINT_DIR
 
     def save_checkpoint(self, state: dict[str, Any], name: str = LAST_CHECKPOINT) -> Path:
+        """Write ``state`` with its digest; the replaced ``last.pt`` becomes ``last.prev.pt``."""
         buf = io.BytesIO()
-        torch.save(state, buf)
+        torch.save({**state, _DIGEST_KEY: state_digest(state)}, buf)
         path = self.checkpoint_dir / name
-        atomic_write_bytes(path, buf.getvalue())
+        previous = self.checkpoint_dir / PREVIOUS_CHECKPOINT if name == LAST_CHECKPOINT else None
+        atomic_write_bytes(path, buf.getvalue(), keep_previous=previous)
         return path
+
+    def has_checkpoint(self) -> bool:
+        """Whether training can resume: ``last.pt`` or the previous one exists."""
+        names = (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT)
+        return any((self.checkpoint_dir / n).is_file() for n in names)
 
     def load_checkpoint(
         self, name: str = LAST_CHECKPOINT, map_location: Any = "cpu"
     ) -> dict[str, Any]:
+        """The checkpoint ``name``, checked against its digest (CheckpointError names the file)."""
         path = self.checkpoint_dir / name
-        if not path.is_file():
-            raise RunDirError(f"checkpoint {path} does not exist")
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return self._read_checkpoint(path, map_location)
+        except CheckpointError as e:
+            previous = self.checkpoint_dir / PREVIOUS_CHECKPOINT
+            if name == LAST_CHECKPOINT and previous.is_file():
+                raise CheckpointError(
+                    f"{e}. The previous checkpoint is {previous}: pass "
+                    f"checkpoint={PREVIOUS_CHECKPOINT}, or `pyro-vae train run_dir={self.path} "
+                    "resume=true` continues training from it"
+                ) from e
+            raise
+
+    def _read_checkpoint(self, path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as e:
-            raise RunDirError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+            raise CheckpointError(
+                f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {e})"
+            ) from e
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
+        # Checkpoints written before digests existed are taken as they are.
+        if _DIGEST_KEY in state and state.pop(_DIGEST_KEY) != state_digest(state):
+            raise CheckpointError(f"checkpoint {path} is corrupted: its contents fail the SHA-256")
+        return state
+
+    def resume_checkpoint(self) -> tuple[dict[str, Any], Path]:
+        """The newest complete training checkpoint: ``last.pt``, else ``last.prev.pt``.
+
+        A damaged ``last.pt`` is renamed ``last.pt.corrupt`` (kept for inspection, and so
+        the next checkpoint does not push the good previous one out) and a warning says so.
+        """
+        last = self.checkpoint_dir / LAST_CHECKPOINT
+        previous = self.checkpoint_dir / PREVIOUS_CHECKPOINT
+        try:
+            return self._read_checkpoint(last), last
+        except CheckpointError as e:
+            if not previous.is_file():
+                raise
+            problem = e
+        state = self._read_checkpoint(previous)
+        if last.exists():
+            os.replace(last, last.with_name(last.name + ".corrupt"))
+            problem = f"{problem}; it is kept as {last.name}.corrupt"
+        print(f"warning: {problem}; resuming from {previous} instead", file=sys.stderr)
+        return state, previous
+
+    def remove_partial_files(self) -> None:
+        """Delete temporary files a killed writer left behind (never a complete file)."""
+        for directory in (self.path, self.checkpoint_dir):
+            for tmp in directory.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for one process: a second training in it is refused.
+
+        An advisory ``flock`` on ``<run_dir>/.lock``: the kernel releases it when the
+        process dies, even by SIGKILL, so a killed run never leaves a stale lock.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, as before
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunDirError(
+                    f"{self.path} is in use by another pyro-vae process; wait for it to end "
+                    "or choose another run_dir"
+                ) from None
+            # The holder before us may have deleted the file after we opened it: retry.
+            if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            os.close(fd)
 
     def snapshots(self) -> list[tuple[int, Path]]:
         """Model snapshots (epoch, path) in epoch order."""

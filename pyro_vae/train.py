@@ -3,15 +3,25 @@
 ``run_training(cfg, run_dir)`` is what ``pyro-vae train`` calls. The loop reads top to
 bottom in :meth:`Trainer.fit`: one ``svi.step`` per minibatch, then at each epoch end the
 test ELBO, a metrics line, a checkpoint and (on the snapshot schedule) a model snapshot.
+
+Faults: the training state changes only inside a method step, so everything that must see
+a consistent state (checkpoints, SIGINT/SIGTERM, a stop) happens between steps. A step
+whose loss or gradient is NaN/Inf is refused before the optimiser moves anything
+(:class:`~pyro_vae.optim.NonFiniteError`); the run stops, or skips it with
+``skip_nonfinite=true``. A resumed run restores model, optimiser, RNG states and the
+position in the data order, so it ends with the numbers of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +37,40 @@ from .evaluate import mean_elbo
 from .experiment import load_data, model_meta
 from .methods import build_method
 from .model import build_vae
-from .rundir import RunDir, RunDirError, snapshot_name
+from .optim import NonFiniteError, check_finite_loss
+from .rundir import LAST_CHECKPOINT, RunDir, RunDirError, snapshot_name
 
 # Keys a resumed run may take from the command line; every other key comes from the
-# run's own config.yaml, so a resumed run is the same experiment.
+# run's own config.yaml, so a resumed run is the same experiment. (skip_nonfinite changes
+# nothing unless a step is non-finite, where the run would otherwise stop.)
 RESUMABLE_KEYS = frozenset(
-    {"epochs", "num_samples", "progress", "plots", "checkpoint_every", "device", "data_dir"}
+    {
+        "epochs",
+        "num_samples",
+        "progress",
+        "plots",
+        "checkpoint_every",
+        "checkpoint_every_steps",
+        "checkpoint_every_seconds",
+        "skip_nonfinite",
+        "device",
+        "data_dir",
+    }
 )
 _CONTROL_KEYS = frozenset({"run_dir", "resume", "overwrite"})
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, for instance)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; training stopped between two steps, state consistent."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
 def snapshot_epochs(schedule: str, epoch: int) -> bool:
@@ -83,6 +115,11 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_steps = 0
         self.metrics_rows = 0
+        self.skipped_steps = 0
+        self.last_finite_loss: tuple[int, float] | None = None  # (step, loss)
+        self.checkpoint_step = 0  # step of the newest checkpoint written or loaded
+        self.stop_signal: int | None = None
+        self._last_checkpoint_time = time.monotonic()
 
     def _build_model(self) -> None:
         pyro.set_rng_seed(self.cfg.seed)
@@ -111,9 +148,10 @@ class Trainer:
                         steps += 1
                         if steps == cfg.lr_search_steps:
                             break
-            except (RuntimeError, ValueError):
-                # A diverged trial can fail before its loss does (wake-sleep's dreams are
-                # Bernoulli draws, which refuse NaN probabilities).
+            except (NonFiniteError, RuntimeError, ValueError):
+                # A diverged trial stops at its first NaN/Inf loss or gradient, or fails
+                # before (wake-sleep's dreams are Bernoulli draws, which refuse NaN
+                # probabilities).
                 total = math.nan
             score = -total / steps / self.data.num_train
             scores[float(lr)] = score if math.isfinite(score) else -math.inf
@@ -139,6 +177,8 @@ class Trainer:
                 "epoch_loss_sum": self.epoch_loss_sum,
                 "epoch_steps": self.epoch_steps,
                 "metrics_rows": self.metrics_rows,
+                "skipped_steps": self.skipped_steps,
+                "last_finite_loss": self.last_finite_loss,
             },
             "rng": rng,
             "version": __version__,
@@ -149,6 +189,7 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         for key, value in state["position"].items():
             setattr(self, key, value)
+        self.checkpoint_step = self.step
         rng = dict(state["rng"])
         cuda = rng.pop("cuda", None)
         pyro.util.set_rng_state(rng)
@@ -156,7 +197,28 @@ class Trainer:
             torch.cuda.set_rng_state(cuda, self.device)
 
     def save_checkpoint(self) -> None:
+        # Finite gradients can still step a parameter to Inf (an absurd lr): such a state
+        # must not replace the last good checkpoint.
+        if not all(torch.isfinite(p).all() for p in self.vae.parameters()):
+            raise TrainingError(
+                f"non-finite parameters after step {self.step} (method={self.cfg.method}, "
+                f"estimator={self.cfg.estimator.name}); the last good checkpoint "
+                f"(step {self.checkpoint_step}) is kept; a smaller lr may avoid it"
+            )
         self.run.save_checkpoint(self.state_dict())
+        self.checkpoint_step = self.step
+        self._last_checkpoint_time = time.monotonic()
+
+    def _checkpoint_due(self) -> bool:
+        """Within an epoch: every ``checkpoint_every_steps`` steps / ``_seconds`` seconds."""
+        every_steps, every_seconds = (
+            self.cfg.checkpoint_every_steps,
+            self.cfg.checkpoint_every_seconds,
+        )
+        if every_steps is not None and self.step % every_steps == 0:
+            return True
+        elapsed = time.monotonic() - self._last_checkpoint_time
+        return every_seconds is not None and elapsed >= every_seconds
 
     def save_snapshot(self) -> None:
         state = {"model": self.vae.state_dict(), "meta": self.meta, "epoch": self.epoch}
@@ -173,6 +235,77 @@ class Trainer:
             return self.samples >= self.cfg.num_samples
         return self.epoch >= self.cfg.epochs
 
+    def _step(self, x: torch.Tensor, idx: torch.Tensor) -> float | None:
+        """One method step; None when a non-finite step was skipped (``skip_nonfinite``)."""
+        try:
+            loss = self.method.step(x, idx)
+            check_finite_loss(loss)  # for methods that step before checking their loss
+        except NonFiniteError as e:
+            if not self.cfg.skip_nonfinite:
+                raise TrainingError(self._nonfinite_message(e)) from None
+            # The refused step's gradients are still on the parameters: drop them.
+            self.vae.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            if self.skipped_steps & (self.skipped_steps - 1) == 0:  # 1, 2, 4, ...: no flood
+                tqdm.write(
+                    f"warning: skipped step {self.step + 1} ({e}); "
+                    f"{self.skipped_steps} skipped so far",
+                    file=sys.stderr,
+                )
+            return None
+        self.last_finite_loss = (self.step + 1, loss)
+        return loss
+
+    def _nonfinite_message(self, error: NonFiniteError) -> str:
+        cfg = self.cfg
+        last = "no finite loss yet"
+        if self.last_finite_loss is not None:
+            step, loss = self.last_finite_loss
+            last = f"last finite loss {loss:.6g} at step {step}"
+        if self.checkpoint_step:
+            kept = (
+                f"the last good checkpoint (step {self.checkpoint_step}) is kept in "
+                f"{self.run.checkpoint_dir / LAST_CHECKPOINT}; resuming repeats this step, "
+                f"`pyro-vae train run_dir={self.run.path} resume=true skip_nonfinite=true` "
+                "skips it"
+            )
+        else:
+            kept = "no checkpoint was written yet"
+        return (
+            f"non-finite {error} at step {self.step + 1} (method={cfg.method}, "
+            f"estimator={cfg.estimator.name}); the parameters were not updated; {last}; "
+            f"{kept}. A smaller lr or clip_grad_norm=... (a new run) may avoid it"
+        )
+
+    def _check_stop(self) -> None:
+        if self.stop_signal is not None:
+            raise TrainingInterrupted(self.stop_signal)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set a flag the loop reads between steps; a second SIGINT aborts.
+
+        A KeyboardInterrupt raised inside a step would leave parameters and counters out of
+        step, so the first signal only asks; the handler prints nothing, since it may run
+        while the main thread is writing to stderr.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, request_stop) for s in handled}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
     def _end_of_period(self, start_wall: float) -> dict[str, Any]:
         """Evaluate, log a metrics line and reset the epoch accumulators."""
         self.vae.eval()
@@ -185,6 +318,7 @@ class Trainer:
             "samples": self.samples,
             "train_elbo": train_elbo,
             "test_elbo": test_elbo,
+            "skipped_steps": self.skipped_steps,
             "seconds": round(self.train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - start_wall, 3),
         }
@@ -207,31 +341,31 @@ class Trainer:
             file=sys.stderr,
         )
         last = {}
-        try:
+        with bar, self._stop_on_signals():
             while not self._done():
+                self._check_stop()
                 bar.set_description(f"epoch {self.epoch + 1}")
                 tick = time.perf_counter()
                 for idx, x in self.batches.epoch(self.epoch, start=self.batch):
-                    loss = self.method.step(x, idx)
-                    if not math.isfinite(loss):
-                        raise TrainingError(
-                            f"non-finite loss {loss} at step {self.step + 1} "
-                            f"(method={cfg.method}, estimator={cfg.estimator.name}); "
-                            "the last good checkpoint is "
-                            f"{self.run.checkpoint_dir / 'last.pt'}"
-                        )
+                    loss = self._step(x, idx)
                     self.step += 1
                     self.batch += 1
                     self.samples += x.shape[0]
-                    self.epoch_loss_sum += loss
-                    self.epoch_steps += 1
+                    if loss is not None:
+                        self.epoch_loss_sum += loss
+                        self.epoch_steps += 1
+                    self.train_seconds += time.perf_counter() - tick
                     bar.update()
-                    if self.step % 20 == 0:
+                    if self.step % 20 == 0 and self.epoch_steps:
                         elbo = -self.epoch_loss_sum / self.epoch_steps / self.data.num_train
                         bar.set_postfix(elbo=f"{elbo:.2f}", refresh=False)
                     if self._done():
                         break
-                self.train_seconds += time.perf_counter() - tick
+                    self._check_stop()
+                    # The epoch's last step is checkpointed below, after its metrics line.
+                    if self.batch < len(self.batches) and self._checkpoint_due():
+                        self.save_checkpoint()
+                    tick = time.perf_counter()
                 if self.batch >= len(self.batches):
                     self.epoch, self.batch = self.epoch + 1, 0
                 last = self._end_of_period(start_wall)
@@ -241,12 +375,10 @@ class Trainer:
                         f"test ELBO {last['test_elbo']:.2f} nats"
                     )
                 final = self._done()
-                if final or self.epoch % cfg.checkpoint_every == 0:
+                if final or self.epoch % cfg.checkpoint_every == 0 or self._checkpoint_due():
                     self.save_checkpoint()
                 if self.batch == 0 and (final or snapshot_epochs(cfg.snapshots, self.epoch)):
                     self.save_snapshot()
-        finally:
-            bar.close()
         return last
 
 
@@ -273,6 +405,10 @@ def resumed_config(
     configuration built in code) every top-level key of ``requested`` is compared.
     """
     cfg = saved.copy()
+    # Keys added to pyro-vae after the run was written take their current default.
+    for key in requested:
+        if key not in saved and key != "hydra" and not OmegaConf.is_dict(requested[key]):
+            cfg[key] = requested[key]
     changed = []
     if overrides is None:
         keys = [k for k in requested if k != "hydra"]
@@ -313,59 +449,94 @@ def run_training(
     its last checkpoint, a finished one when more ``epochs``/``num_samples`` are asked for.
     """
     run = RunDir(run_dir if run_dir is not None else cfg.run_dir)
-    has_checkpoint = (run.checkpoint_dir / "last.pt").is_file()
-    resume = bool(cfg.get("resume", False))
-    if run.is_finished() and not (resume or cfg.get("overwrite", False)):
+    resume, overwrite = bool(cfg.get("resume", False)), bool(cfg.get("overwrite", False))
+    if run.is_finished() and not (resume or overwrite):
         print(
             f"{run.path} already holds a finished run; not retraining it "
             "(overwrite=true to train it again from scratch)",
             file=sys.stderr,
         )
         return run.summary()
-    if cfg.get("overwrite", False):
-        _clear_run(run)
-        has_checkpoint = False
-    if has_checkpoint and not resume:
-        raise RunDirError(
-            f"{run.path} holds an unfinished run; pass resume=true to continue it, "
-            "or choose another run_dir"
-        )
-    if resume and has_checkpoint:
-        cfg = resumed_config(run.config(), cfg, overrides)
     validate_config(cfg)
+    with run.lock():
+        if overwrite:
+            _clear_run(run)
+        if run.has_checkpoint() and not resume:
+            raise RunDirError(
+                f"{run.path} holds an unfinished run; pass resume=true to continue it, "
+                "or choose another run_dir"
+            )
+        if resume and run.config_path.is_file():
+            cfg = resumed_config(run.config(), cfg, overrides)
+            try:
+                validate_config(cfg)
+            except ConfigError as e:
+                raise ConfigError(f"{run.config_path}: {e}") from None
+        trainer = Trainer(cfg, run.path)
+        return _train(trainer, run, resume)
 
-    trainer = Trainer(cfg, run.path)
-    lr_search = {}
-    if cfg.lr_search and not (resume and has_checkpoint):
-        lr_search = {str(lr): score for lr, score in trainer.choose_step_size().items()}
-        print(f"step size {cfg.lr} chosen from {lr_search}", file=sys.stderr)
-    if resume and has_checkpoint:
-        trainer.load_state_dict(run.load_checkpoint())
-        # Lines logged after the checkpoint are replayed by the resumed run.
-        run.write_metrics(run.metrics()[: trainer.metrics_rows])
-        print(f"resuming {run.path} at step {trainer.step}", file=sys.stderr)
-    run.write_config(to_yaml(cfg))
-    summary = {
-        "status": "running",
-        "pyro_vae_version": __version__,
-        "torch_version": torch.__version__,
-        "pyro_version": pyro.__version__,
-        "device": str(trainer.device),
-        "num_parameters": sum(p.numel() for p in trainer.vae.parameters()),
-        **trainer.meta,
-        **({"lr_search": lr_search, "lr": cfg.lr} if lr_search else {}),
-    }
-    run.update_summary(**summary)
-    try:
-        last = trainer.fit()
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        run.update_summary(status="interrupted", step=trainer.step, samples=trainer.samples)
+
+def _train(trainer: Trainer, run: RunDir, resume: bool) -> dict[str, Any]:
+    """Resume or start ``trainer`` in ``run``, handle stops, write the summary and figures."""
+    cfg = trainer.cfg
+    run.remove_partial_files()
+    if resume and run.has_checkpoint():
+        state, path = run.resume_checkpoint()
+        trainer.load_state_dict(state)
+        if run.is_finished() and trainer._done():  # e.g. a -m sweep resumed: leave it be
+            print(f"{run.path} already holds a finished run; nothing to resume", file=sys.stderr)
+            return run.summary()
         print(
-            f"\ninterrupted at step {trainer.step}; checkpoint saved. Resume with:\n"
-            f"  pyro-vae train run_dir={run.path} resume=true",
+            f"resuming {run.path} from {path.name} at step {trainer.step} "
+            f"(epoch {trainer.epoch + 1}, batch {trainer.batch} of {len(trainer.batches)})",
             file=sys.stderr,
         )
+    elif resume:
+        print(f"{run.path} has no checkpoint yet: training from the start", file=sys.stderr)
+    # The step-size search of a resumed run was done when it started: keep its record.
+    lr_search = run.summary().get("lr_search") if trainer.step else None
+    if cfg.lr_search and not trainer.step:
+        lr_search = {str(lr): score for lr, score in trainer.choose_step_size().items()}
+        print(f"step size {cfg.lr} chosen from {lr_search}", file=sys.stderr)
+    # Lines logged after the checkpoint (or by an attempt killed before its first one) are
+    # logged again by this run.
+    run.write_metrics(run.metrics()[: trainer.metrics_rows])
+    run.write_config(to_yaml(cfg))
+    run.summary_path.unlink(missing_ok=True)  # figures of an earlier model would be stale
+    run.update_summary(
+        status="running",
+        pyro_vae_version=__version__,
+        torch_version=torch.__version__,
+        pyro_version=pyro.__version__,
+        device=str(trainer.device),
+        num_parameters=sum(p.numel() for p in trainer.vae.parameters()),
+        **trainer.meta,
+        **({"lr_search": lr_search, "lr": cfg.lr} if lr_search else {}),
+    )
+    resume_hint = f"pyro-vae train run_dir={run.path} resume=true"
+    try:
+        last = trainer.fit()
+    except TrainingInterrupted as e:
+        if trainer.checkpoint_step != trainer.step:  # not when one was just written
+            trainer.save_checkpoint()
+        run.update_summary(status="interrupted", step=trainer.step, samples=trainer.samples)
+        print(
+            f"\n{e}: stopped at step {trainer.step}; checkpoint saved to "
+            f"{run.checkpoint_dir / LAST_CHECKPOINT}. Resume with:\n  {resume_hint}",
+            file=sys.stderr,
+        )
+        raise
+    except KeyboardInterrupt:
+        # Raised inside a step (a second Ctrl-C): the state in memory is not consistent,
+        # so the newest checkpoint on disk is where this run resumes.
+        run.update_summary(status="interrupted", step=trainer.checkpoint_step)
+        where = (
+            f"resume from its last checkpoint (step {trainer.checkpoint_step}) with:\n  "
+            f"{resume_hint}"
+            if trainer.checkpoint_step
+            else "no checkpoint was written yet; run the same command to start again"
+        )
+        print(f"\nstopped at once; {where}", file=sys.stderr)
         raise
     except BaseException as e:
         run.update_summary(status="failed", error=f"{type(e).__name__}: {e}")
@@ -376,6 +547,7 @@ def run_training(
         epochs=trainer.epoch,
         steps=trainer.step,
         samples=trainer.samples,
+        skipped_steps=trainer.skipped_steps,
         train_seconds=round(trainer.train_seconds, 2),
         train_elbo=last.get("train_elbo", rows[-1]["train_elbo"] if rows else None),
         test_elbo=last.get("test_elbo", rows[-1]["test_elbo"] if rows else None),

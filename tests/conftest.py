@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pyro_vae.config import compose_config
 
@@ -55,3 +56,12 @@ def tiny_cfg(bars_path, tmp_path):
         return compose_config(tiny_overrides(bars_path, run_dir, *extra))
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """For tests of tiny tensors: one thread avoids paying for thread hand-offs on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -98,7 +98,8 @@ def test_evaluate_and_plot_a_run(tiny_cfg, tmp_path):
     assert result["test_log_likelihood"] > result["test_elbo"]
     paths = plot_run(tmp_path / "run")
     names = sorted(p.name for p in paths)
-    assert names == ["elbo.png", "manifold.png", "reconstructions.png", "samples.png"]
+    expected = ["aggregate_posterior.png", "elbo.png", "manifold.png", "reconstructions.png"]
+    assert names == [*expected, "samples.png"]  # latent_dim=2: the aggregate posterior too
     assert all(p.stat().st_size > 1000 for p in paths)
 
 

@@ -1,0 +1,442 @@
+"""The variance lab: how noisy each ELBO gradient estimator is, at a checkpoint and over training.
+
+``pyro-vae variance RUN_DIR`` takes one minibatch of the run's training data (fixed by
+``seed``: the first minibatch a run with that seed would see) and, at each checkpoint, for
+each number of particles L and each estimator, draws R independent gradient estimates of
+the per-datapoint bound, g = grad (-loss / N) (all estimators are compared on this one
+scale). For the encoder parameters (phi) and the decoder and prior parameters (theta)
+separately it reports
+
+- ``total_variance``: tr Cov[g] = sum_p Var[g_p] (unbiased sample variances);
+- ``mean_snr``: the mean over parameters of |E g_p| / sd g_p (Rainforth et al. 2018),
+  over parameters whose gradient varies; with R repeats it cannot fall below about
+  1/sqrt(R) even where E g_p = 0, since |mean| is then of the order sd/sqrt(R);
+- ``relative_variance``: tr Cov[g] / ||E g||^2, with ||E g||^2 estimated without bias by
+  ||mean||^2 - tr Cov / R; ``inf`` when that is not positive (R repeats do not resolve the
+  mean gradient from the noise);
+- ``seconds_per_estimate``: wall time of one estimate (forward and backward).
+
+Moments are accumulated one estimate at a time in float64 (Welford), so memory does not
+grow with R. A tight loop of R estimates is used: each is one vectorised forward and
+backward pass of the minibatch, which keeps the 2 cores busy; R full gradient copies
+are never stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from .config import CONF_DIR, ConfigError, config_choices
+from .data import Minibatches
+from .estimators import EstimatorError, build_estimator
+from .experiment import load_run
+from .model import VAE
+from .plots import _save
+from .rundir import LAST_CHECKPOINT, RunDir, RunDirError, atomic_write_text
+
+GROUPS = ("phi", "theta")
+COLUMNS = (
+    "checkpoint",
+    "epoch",
+    "estimator",
+    "num_particles",
+    "group",
+    "repeats",
+    "batch_size",
+    "bound",
+    "total_variance",
+    "mean_snr",
+    "relative_variance",
+    "mean_grad_norm_sq",
+    "seconds_per_estimate",
+)
+OUTPUT_DIR = "variance"
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """An estimator as the lab names it: its config (name and parameters) and a label."""
+
+    cfg: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        params = " ".join(f"{k}={v}" for k, v in self.cfg.items() if k != "name")
+        return f"{self.cfg['name']} {params}".strip()
+
+
+def parse_estimators(text: str | None) -> list[EstimatorSpec]:
+    """``"sgvb_a,score_function:baseline=none"`` -> specs, each completed with the defaults of
+    ``conf/estimator/<name>.yaml``; ``None`` gives every registered estimator."""
+    names = text.split(",") if text else config_choices("estimator")
+    specs = []
+    for item in names:
+        name, *params = item.strip().split(":")
+        if name not in config_choices("estimator"):
+            raise ConfigError(
+                f"variance: estimators={name!r} is not allowed: expected one of "
+                f"{config_choices('estimator')}, optionally with parameters "
+                "as in score_function:baseline=none"
+            )
+        cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "estimator" / f"{name}.yaml"))
+        for param in params:
+            key, sep, value = param.partition("=")
+            if not sep:
+                raise ConfigError(f"variance: estimator parameter {param!r} is not key=value")
+            cfg[key] = OmegaConf.create(f"v: {value}").v  # YAML typing, as on the command line
+        specs.append(EstimatorSpec(cfg))
+    return specs
+
+
+def resolve_checkpoints(run: RunDir, checkpoints: str) -> list[str]:
+    """``last`` (last.pt, else the latest snapshot), ``all`` (every snapshot, in epoch order)
+    or a comma-separated list of file names in ``<run_dir>/checkpoints``."""
+    snapshots = [p.name for _, p in run.snapshots()]
+    if checkpoints == "all":
+        names = snapshots
+    elif checkpoints == "last":
+        has_last = (run.checkpoint_dir / LAST_CHECKPOINT).is_file()
+        names = [LAST_CHECKPOINT] if has_last else snapshots[-1:]
+    else:
+        names = [c.strip() for c in checkpoints.split(",") if c.strip()]
+    if not names:
+        raise RunDirError(f"{run.checkpoint_dir} holds no checkpoint (checkpoints={checkpoints})")
+    return names
+
+
+def parameter_group(name: str) -> str:
+    """phi for the encoder's parameters; theta for the rest (decoder, learnable prior)."""
+    return "phi" if name.startswith("encoder.") else "theta"
+
+
+class Moments:
+    """Running mean and sum of squared deviations of a vector (Welford's update, float64)."""
+
+    def __init__(self, size: int, device: torch.device | str = "cpu"):
+        self.count = 0
+        self.mean = torch.zeros(size, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(size, dtype=torch.float64, device=device)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.to(torch.float64)
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+
+    def summary(self) -> dict[str, float]:
+        """Total variance, mean SNR, relative variance and ||E g||^2 (see the module doc)."""
+        var = self.m2 / (self.count - 1)
+        total = var.sum().item()
+        norm_sq = (self.mean.square().sum() - var.sum() / self.count).item()
+        varies = var > 0
+        snr = (self.mean[varies].abs() / var[varies].sqrt()).mean().item() if varies.any() else 0.0
+        return {
+            "total_variance": total,
+            "mean_snr": snr,
+            "relative_variance": total / norm_sq if norm_sq > 0 else math.inf,
+            "mean_grad_norm_sq": norm_sq,
+        }
+
+
+def gradient_statistics(
+    elbo: Any, vae: VAE, x: torch.Tensor, idx: torch.Tensor, repeats: int
+) -> dict[str, Any]:
+    """R = ``repeats`` independent estimates of grad(-loss / N) on (x, idx): per group
+    :meth:`Moments.summary`, and the mean bound and seconds per estimate."""
+    named = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    members = {g: [i for i, (n, _) in enumerate(named) if parameter_group(n) == g] for g in GROUPS}
+    moments = {
+        g: Moments(sum(params[i].numel() for i in m), x.device) for g, m in members.items() if m
+    }
+    n = float(vae.num_data or x.shape[0])
+    seconds, bound = 0.0, 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x, idx)
+        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+        seconds += time.perf_counter() - start
+        bound += -loss.item() / n / repeats
+        for g, m in moments.items():
+            m.add(torch.cat([grads[i].reshape(-1) for i in members[g]]) / n)
+    return {
+        "bound": bound,
+        "seconds_per_estimate": seconds / repeats,
+        "groups": {g: m.summary() for g, m in moments.items()},
+    }
+
+
+def _checkpoint_epoch(state: dict[str, Any]) -> float | None:
+    if "epoch" in state:
+        return state["epoch"]
+    return state.get("position", {}).get("epoch")
+
+
+def variance_lab(
+    run_dir: str | Path,
+    estimators: str | None = None,
+    num_particles: Sequence[int] = (1,),
+    repeats: int = 100,
+    checkpoints: str = "last",
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """The lab's table (one row per checkpoint, L, estimator and parameter group)."""
+    specs = parse_estimators(estimators)
+    if repeats < 2:
+        raise ConfigError(f"variance: repeats={repeats} is not allowed: expected an integer >= 2")
+    if not num_particles or any(not (isinstance(k, int) and k >= 1) for k in num_particles):
+        raise ConfigError(f"variance: num_particles={list(num_particles)} must be integers >= 1")
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory {run.path} does not exist")
+    names = resolve_checkpoints(run, checkpoints)
+    loaded = load_run(run.path, names[0], device)
+    vae, data = loaded.vae, loaded.data()
+    m = batch_size or loaded.cfg.batch_size
+    if not 1 <= m <= data.num_train:
+        raise ConfigError(
+            f"variance: batch_size={m} is not allowed: expected 1..{data.num_train} "
+            "(the training set's size)"
+        )
+    batches = Minibatches(
+        data.train, m, seed=seed, binarize=data.train_binarize, device=loaded.device
+    )
+    idx, x = next(batches.epoch(0))
+    rows = []
+    with pyro.validation_enabled(bool(loaded.cfg.validate)):
+        for name in names:
+            state = loaded.checkpoint if name == names[0] else run.load_checkpoint(name)
+            vae.load_state_dict(state["model"])
+            for num in num_particles:
+                for spec in specs:
+                    pyro.set_rng_seed(seed)
+                    try:
+                        elbo = build_estimator(spec.cfg, num)
+                        stats = gradient_statistics(elbo, vae, x, idx, repeats)
+                    except (ConfigError, EstimatorError) as e:
+                        # E.g. sgvb_b on a run with a mixture prior: the others still run.
+                        print(f"variance: skipped {spec.label} at L={num}: {e}", file=sys.stderr)
+                        continue
+                    for group, summary in stats["groups"].items():
+                        rows.append(
+                            {
+                                "checkpoint": name,
+                                "epoch": _checkpoint_epoch(state),
+                                "estimator": spec.label,
+                                "num_particles": num,
+                                "group": group,
+                                "repeats": repeats,
+                                "batch_size": m,
+                                "bound": stats["bound"],
+                                **summary,
+                                "seconds_per_estimate": stats["seconds_per_estimate"],
+                            }
+                        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Output: CSV, Markdown, figures
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.3g}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per (checkpoint, L, estimator), phi and theta side by side."""
+    head = (
+        "| epoch | L | estimator | bound | phi tr Cov | phi SNR | phi rel. var "
+        "| theta tr Cov | theta SNR | theta rel. var | ms / estimate |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    merged: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["checkpoint"], r["num_particles"], r["estimator"])
+        merged.setdefault(key, dict(r))[r["group"]] = r
+    for r in merged.values():
+        cells = [_fmt(r["epoch"]), str(r["num_particles"]), r["estimator"], f"{r['bound']:.2f}"]
+        for g in GROUPS:
+            s = r.get(g)
+            keys = ("total_variance", "mean_snr", "relative_variance")
+            cells += [_fmt(s[k]) for k in keys] if s else ["-"] * 3
+        cells.append(f"{1000 * r['seconds_per_estimate']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+# Marker and line style per estimator, so that estimators with identical numbers (A by
+# hand and by Pyro, say) stay visible on top of each other.
+_STYLES = [(m, ls) for ls in ("-", "--", ":") for m in "o^sv<D>xP"]
+
+
+def _axes(title: str) -> tuple[Figure, Any]:
+    """2 x 2 panels: total variance (top) and mean SNR (bottom), phi left, theta right."""
+    fig = Figure(figsize=(11, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
+    for col, group in enumerate(GROUPS):
+        axes[0, col].set_title(f"{group}: {'encoder' if group == 'phi' else 'decoder, prior'}")
+        axes[0, col].set_ylabel("total variance tr Cov[g]")
+        axes[1, col].set_ylabel("mean SNR |E g| / sd g")
+        for ax in axes[:, col]:
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return fig, axes
+
+
+def _panels(
+    rows: Sequence[dict[str, Any]], x_key: str, xlabel: str, title: str, path: Path
+) -> Path:
+    """The two measures against ``x_key`` (epoch or L), one line per estimator."""
+    fig, axes = _axes(title)
+    labels = list(dict.fromkeys(r["estimator"] for r in rows))
+    ticks = sorted({r[x_key] for r in rows})
+    for col, group in enumerate(GROUPS):
+        for i, label in enumerate(labels):
+            pts = sorted(
+                (r[x_key], r["total_variance"], r["mean_snr"])
+                for r in rows
+                if r["estimator"] == label and r["group"] == group
+            )
+            marker, line = _STYLES[i % len(_STYLES)]
+            for row, ys in enumerate(list(zip(*pts, strict=True))[1:] if pts else []):
+                axes[row, col].plot(
+                    [p[0] for p in pts], ys, marker=marker, ls=line, ms=4, label=label
+                )
+        for ax in axes[:, col]:
+            # Epoch 0 (initialisation) has no logarithm: linear below 1.
+            ax.set_xscale("symlog", linthresh=1.0) if x_key == "epoch" else ax.set_xscale("log")
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axes[1, col].set_xlabel(xlabel)
+    axes[0, 1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _by_estimator(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
+    """The two measures of each estimator side by side, one marker per L."""
+    fig, axes = _axes(title)
+    labels = list(dict.fromkeys(r["estimator"] for r in rows))
+    for col, group in enumerate(GROUPS):
+        for j, num in enumerate(sorted({r["num_particles"] for r in rows})):
+            pts = {
+                r["estimator"]: r for r in rows if r["group"] == group and r["num_particles"] == num
+            }
+            xs = [i for i, label in enumerate(labels) if label in pts]
+            for row, key in enumerate(("total_variance", "mean_snr")):
+                ys = [pts[labels[i]][key] for i in xs]
+                axes[row, col].plot(xs, ys, _STYLES[j][0], label=f"L={num}")
+        axes[1, col].set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    axes[0, 1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_report(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The estimators side by side at the last checkpoint; against L where there are several
+    L; against epochs where there are several checkpoints (at the first L)."""
+    last = rows[-1]["checkpoint"]
+    at_last = [r for r in rows if r["checkpoint"] == last]
+    setting = f"M={rows[0]['batch_size']}, R={rows[0]['repeats']}"
+    out = [
+        _by_estimator(
+            at_last,
+            f"Gradient variance per datapoint at {last} ({setting})",
+            out_dir / "variance_by_estimator.png",
+        )
+    ]
+    if len({r["num_particles"] for r in at_last}) > 1:
+        out.append(
+            _panels(
+                at_last,
+                "num_particles",
+                "particles L (K for iwae, dreg)",
+                f"Gradient variance per datapoint against L at {last} ({setting})",
+                out_dir / "variance_vs_particles.png",
+            )
+        )
+    first_l = rows[0]["num_particles"]
+    over_training = [r for r in rows if r["num_particles"] == first_l]
+    if len({r["checkpoint"] for r in over_training}) > 1:
+        out.append(
+            _panels(
+                over_training,
+                "epoch",
+                "epoch (checkpoint)",
+                f"Gradient variance per datapoint over training (L={first_l}, {setting})",
+                out_dir / "variance_vs_epoch.png",
+            )
+        )
+    return out
+
+
+def write_report(
+    rows: Sequence[dict[str, Any]], out_dir: str | Path, header: str = ""
+) -> list[Path]:
+    """variance.csv, variance.md (with ``header`` above the table) and the figures."""
+    if not rows:
+        raise ValueError("variance: no estimates to report (every estimator was skipped)")
+    out_dir = Path(out_dir)
+    csv_path, md_path = out_dir / "variance.csv", out_dir / "variance.md"
+    atomic_write_text(csv_path, csv_text(rows))
+    atomic_write_text(md_path, (header + "\n\n" if header else "") + markdown_table(rows))
+    return [csv_path, md_path, *plot_report(rows, out_dir)]
+
+
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+int_list.__name__ = "comma-separated list of integers"
+
+# ``pyro-vae variance RUN_DIR key=value ...``: the keys and how their values are read.
+VARIANCE_KEYS = {
+    "estimators": str,
+    "num_particles": int_list,
+    "repeats": int,
+    "checkpoints": str,
+    "batch_size": int,
+    "seed": int,
+    "device": str,
+    "out_dir": str,
+}
+
+
+def run_variance(run_dir: str | Path, out_dir: str | Path | None = None, **lab: Any) -> list[Path]:
+    """``pyro-vae variance``: the lab's table printed and written, with its figures, to
+    ``out_dir`` (default ``<run_dir>/variance``)."""
+    rows = variance_lab(run_dir, **lab)
+    table = markdown_table(rows)
+    print(table)
+    header = (
+        f"Variance lab on `{run_dir}`: {rows[0]['repeats']} gradient estimates per estimator on "
+        f"one minibatch of M={rows[0]['batch_size']} (seed {lab.get('seed', 0)}); gradients of "
+        "the per-datapoint bound; phi = encoder, theta = decoder and prior; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads."
+    )
+    return write_report(rows, out_dir or Path(run_dir) / OUTPUT_DIR, header)
