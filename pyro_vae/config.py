@@ -197,6 +197,7 @@ def validate_config(cfg: DictConfig) -> None:
     (``optim.betas`` with ``optim=adagrad``) is refused too.
     """
     from .estimators import ESTIMATORS, build_estimator
+    from .fast import FAST_ESTIMATORS
     from .methods import METHODS
     from .networks import ACTIVATIONS, LIKELIHOODS
     from .optim import OPTIMIZERS
@@ -256,6 +257,14 @@ def validate_config(cfg: DictConfig) -> None:
         except ValueError as e:
             raise ConfigError(f"prior={cfg.prior.name}: {e}") from None
     _one_of(cfg, "method", sorted(METHODS))
+    _bool(cfg, "fast")
+    if cfg.fast and (cfg.method != "aevb" or cfg.estimator.name not in FAST_ESTIMATORS):
+        _fail(
+            "fast",
+            True,
+            f"false with method={cfg.method} estimator={cfg.estimator.name}: the fast path "
+            f"is method=aevb with estimator one of {sorted(FAST_ESTIMATORS)}",
+        )
     if cfg.lr_search is not None:
         lrs = cfg.lr_search
         if (

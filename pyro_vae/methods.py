@@ -17,6 +17,7 @@ from pyro.infer import SVI
 from .baselines.mcem import MCEM
 from .baselines.wake_sleep import WakeSleep
 from .estimators import build_estimator
+from .fast import direct_bound
 from .model import VAE
 from .optim import build_optimizer, check_finite_loss
 
@@ -50,16 +51,29 @@ def finite_loss_and_grads(loss_and_grads: Callable[..., Any]) -> Callable[..., A
 
 
 class AEVB:
-    """Auto-Encoding VB (algorithm 1): ``SVI`` with the configured ELBO estimator."""
+    """Auto-Encoding VB (algorithm 1): ``SVI`` with the configured ELBO estimator.
+
+    ``fast=true``: the same estimator computed without Pyro's traces
+    (:func:`~pyro_vae.fast.direct_bound`), then the same optimiser step.
+    """
 
     def __init__(self, cfg: DictConfig, vae: VAE):
+        self.vae, self.num_particles = vae, cfg.num_particles
         self.elbo = build_estimator(cfg.estimator, cfg.num_particles)
         self.optim = build_optimizer(cfg, vae.parameters())
         self.svi = SVI(vae.model, vae.guide, self.optim, loss=self.elbo)
         self.svi.loss_and_grads = finite_loss_and_grads(self.svi.loss_and_grads)
+        self.fast_estimator = cfg.estimator.name if cfg.get("fast", False) else None
 
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float:
-        return self.svi.step(x, idx)
+        if self.fast_estimator is None:
+            return self.svi.step(x, idx)
+        loss = -direct_bound(self.vae, x, self.fast_estimator, self.num_particles)
+        value = loss.item()
+        check_finite_loss(value)
+        loss.backward()
+        self.optim()
+        return value
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optim.get_state()}

@@ -1,0 +1,430 @@
+"""Speed against plain PyTorch, in one process: training steps, importance sampling, variance lab.
+
+Every measurement compares the project, as a user runs it, with a plain-PyTorch program of
+identical architecture written here (the naive loop a user would write: ``nn.Linear``
+layers, ``torch.optim.Adam`` with its defaults, ``F.binary_cross_entropy_with_logits``),
+on the same data handling: MNIST held in memory as one tensor, each minibatch drawn by
+index and dynamically binarised on the device. Configurations are timed in rounds, the
+order alternating between rounds so that machine load hits all alike, after warm-up
+rounds; a configuration's figure is the median over rounds of its time per step, and its
+ratio the median over rounds of (its time / the baseline's time in the same round).
+
+Training (MNIST, the paper's model 784-500-20, tanh, Bernoulli decoder; batch 100 and 1000):
+
+- ``plain_a``: baseline for estimator A (eq. 6): log p(x|z) + log p(z) - log q(z|x) at the
+  sample, L = 1;
+- ``plain_b``: baseline for estimator B (eq. 7): log p(x|z) - KL in closed form (eq. 10);
+- ``default``: ``pyro-vae train``'s step with the defaults: SVI + Pyro's ``Trace_ELBO``
+  (estimator A), compared with ``plain_a``;
+- ``svi_sgvb_b``: SVI with the hand-derived estimator B, compared with ``plain_b``;
+- ``fast_a`` / ``fast_b``: ``fast=true`` (the same estimators without Pyro's tracing,
+  see ``pyro_vae/fast.py``), compared with ``plain_a`` / ``plain_b``.
+
+Evaluation: ``importance_log_likelihood`` (K = 1000, 1000 test points) against a plain loop
+over chunks of 10 test points with all K samples of a chunk in one pass. Variance lab: R = 100
+gradient estimates (``variance.gradient_statistics``, Trace_ELBO, batch 100) against a plain
+loop of R ``torch.autograd.grad`` calls on the ``plain_a`` loss feeding the same running
+moments.
+
+    python experiments/benchmark.py [--rounds 15] [--devices cpu,cuda] [--out DIR]
+
+Writes ``<out>/benchmark.json`` (every round's times) and ``<out>/benchmark.md`` (the
+table and the machine), default ``experiments/results/benchmark``; ``--quick`` runs a few
+rounds of everything into ``experiments/results/benchmark-smoke`` to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_vae.config import compose_config
+from pyro_vae.data import Minibatches
+from pyro_vae.estimators import build_estimator
+from pyro_vae.evaluate import importance_log_likelihood
+from pyro_vae.experiment import load_data
+from pyro_vae.methods import build_method
+from pyro_vae.model import build_vae
+from pyro_vae.variance import Moments, gradient_statistics
+
+ROOT = Path(__file__).resolve().parents[1]
+LOG_2PI = math.log(2 * math.pi)
+
+# name -> (estimator of the plain baseline it is compared with, config overrides)
+PROJECT_CONFIGS: dict[str, tuple[str, list[str]]] = {
+    "default": ("a", []),
+    "svi_sgvb_b": ("b", ["estimator=sgvb_b"]),
+    "fast_a": ("a", ["fast=true", "estimator=sgvb_a"]),
+    "fast_b": ("b", ["fast=true", "estimator=sgvb_b"]),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The plain-PyTorch baseline
+
+
+class PlainVAE(nn.Module):
+    """The paper's MNIST VAE as a user writes it without Pyro (same layers as pyro_vae)."""
+
+    def __init__(self, x_dim: int = 784, hidden: int = 500, z_dim: int = 20):
+        super().__init__()
+        self.enc = nn.Linear(x_dim, hidden)
+        self.enc_mu = nn.Linear(hidden, z_dim)
+        self.enc_logvar = nn.Linear(hidden, z_dim)
+        self.dec = nn.Linear(z_dim, hidden)
+        self.dec_out = nn.Linear(hidden, x_dim)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(self.enc(x))
+        return self.enc_mu(h), self.enc_logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dec_out(torch.tanh(self.dec(z)))
+
+    def elbo(self, x: torch.Tensor, estimator: str) -> torch.Tensor:
+        """Per-datapoint ELBO estimate [M] (one sample), estimator "a" or "b"."""
+        mu, logvar = self.encode(x)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        z = mu + std * eps
+        log_px = -F.binary_cross_entropy_with_logits(self.decode(z), x, reduction="none").sum(-1)
+        if estimator == "b":
+            return log_px - 0.5 * (mu**2 + std**2 - 1 - logvar).sum(-1)
+        log_pz = -0.5 * (z**2 + LOG_2PI).sum(-1)
+        log_qz = -0.5 * (eps**2 + LOG_2PI + logvar).sum(-1)
+        return log_px + log_pz - log_qz
+
+    def log_likelihood(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Importance-sampled log p(x) [M] with K samples of q per point."""
+        mu, logvar = self.encode(x)
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn(k, *mu.shape)
+        z = mu + std * eps
+        log_px = -F.binary_cross_entropy_with_logits(
+            self.decode(z), x.expand(k, *x.shape), reduction="none"
+        ).sum(-1)
+        log_w = log_px - 0.5 * (z**2).sum(-1) + 0.5 * (eps**2 + logvar).sum(-1)
+        return torch.logsumexp(log_w, 0) - math.log(k)
+
+
+class PlainTrainer:
+    """Plain loop: minibatch by index, bernoulli, forward, backward, Adam, loss.item()."""
+
+    def __init__(self, train: torch.Tensor, batch_size: int, estimator: str, device: str):
+        self.model = PlainVAE(train.shape[1]).to(device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.train, self.batch_size, self.estimator = train, batch_size, estimator
+        self.batches = self._batches()
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        n = self.train.shape[0]
+        while True:
+            order = torch.randperm(n, device=self.train.device)
+            for start in range(0, n - self.batch_size + 1, self.batch_size):
+                yield torch.bernoulli(self.train[order[start : start + self.batch_size]])
+
+    def step(self) -> float:
+        x = next(self.batches)
+        self.opt.zero_grad()
+        loss = -self.model.elbo(x, self.estimator).sum() * (self.train.shape[0] / x.shape[0])
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+
+class ProjectTrainer:
+    """The project's step as ``Trainer.fit`` runs it: Minibatches, then ``method.step``."""
+
+    def __init__(self, overrides: list[str], data: Any, batch_size: int, device: str):
+        cfg = compose_config([*overrides, f"batch_size={batch_size}", f"device={device}"])
+        pyro.enable_validation(cfg.validate)
+        self.vae = build_vae(cfg, data.x_dim, data.num_train).to(device)
+        self.method = build_method(cfg, self.vae)
+        self.minibatches = Minibatches(
+            data.train, batch_size, seed=0, binarize=data.train_binarize, device=device
+        )
+        self.batches = self._batches()
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = 0
+        while True:
+            yield from self.minibatches.epoch(epoch)
+            epoch += 1
+
+    def step(self) -> float:
+        idx, x = next(self.batches)
+        return self.method.step(x, idx)
+
+
+# ---------------------------------------------------------------------------------------
+# Timing
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(
+    runs: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: str
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one list entry per round; the order of the
+    functions alternates between rounds (forwards, backwards)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(warmup + rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            _sync(device)
+            start = time.perf_counter()
+            runs[name]()
+            _sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio(times: dict[str, list[float]], name: str, baseline: str) -> float:
+    return statistics.median(t / b for t, b in zip(times[name], times[baseline], strict=True))
+
+
+def steps_of(trainer: Any, steps: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(steps):
+            trainer.step()
+
+    return run
+
+
+def bench_training(
+    data: Any, batch_size: int, device: str, rounds: int, steps: int
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    trainers: dict[str, Any] = {
+        f"plain_{e}": PlainTrainer(data.train, batch_size, e, device) for e in "ab"
+    }
+    baseline_of = {}
+    for name, (estimator, overrides) in PROJECT_CONFIGS.items():
+        trainers[name] = ProjectTrainer(overrides, data, batch_size, device)
+        baseline_of[name] = f"plain_{estimator}"
+    times = interleaved(
+        {name: steps_of(t, steps) for name, t in trainers.items()}, rounds, 2, device
+    )
+    per_step = {name: [t / steps for t in ts] for name, ts in times.items()}
+    return {
+        "batch_size": batch_size,
+        "steps_per_round": steps,
+        "examples_per_second": {
+            name: round(batch_size / statistics.median(ts), 1) for name, ts in per_step.items()
+        },
+        "ratio_to_baseline": {
+            name: {"baseline": base, "ratio": round(ratio(per_step, name, base), 4)}
+            for name, base in baseline_of.items()
+        },
+        "seconds_per_step_by_round": {
+            name: [round(t, 6) for t in ts] for name, ts in per_step.items()
+        },
+    }
+
+
+def bench_evaluation(data: Any, device: str, rounds: int, points: int, k: int) -> dict[str, Any]:
+    """importance_log_likelihood against the plain loop, on the same weights and points."""
+    torch.manual_seed(0)
+    cfg = compose_config([f"device={device}"])
+    vae = build_vae(cfg, data.x_dim, data.num_train).to(device).eval()
+    plain = PlainVAE(data.x_dim).to(device).eval()
+    pairs = [
+        (plain.enc, vae.encoder.trunk[0]),
+        (plain.enc_mu, vae.encoder.loc),
+        (plain.enc_logvar, vae.encoder.log_var),
+        (plain.dec, vae.decoder.trunk[0]),
+        (plain.dec_out, vae.decoder.logits),
+    ]
+    for p, v in pairs:
+        p.load_state_dict(v.state_dict())
+    x = torch.bernoulli(data.test[:points], generator=torch.Generator(device).manual_seed(1))
+    results: dict[str, float] = {}
+
+    @torch.no_grad()
+    def plain_loop() -> None:
+        out = [plain.log_likelihood(x[s : s + 10], k) for s in range(0, points, 10)]
+        results["plain"] = torch.cat(out).mean().item()
+
+    def project() -> None:
+        results["project"] = importance_log_likelihood(vae, x, k).mean().item()
+
+    times = interleaved({"plain": plain_loop, "project": project}, rounds, 1, device)
+    return {
+        "points": points,
+        "importance_samples": k,
+        "seconds": {name: round(statistics.median(ts), 3) for name, ts in times.items()},
+        "ratio_to_baseline": round(ratio(times, "project", "plain"), 4),
+        "mean_log_likelihood": {name: round(v, 3) for name, v in results.items()},
+        "seconds_by_round": {name: [round(t, 3) for t in ts] for name, ts in times.items()},
+    }
+
+
+def bench_variance(data: Any, device: str, rounds: int, repeats: int) -> dict[str, Any]:
+    """R gradient estimates of the lab (Trace_ELBO) against a plain autograd loop."""
+    torch.manual_seed(0)
+    cfg = compose_config([f"device={device}"])
+    vae = build_vae(cfg, data.x_dim, data.num_train).to(device)
+    elbo = build_estimator({"name": "trace_elbo"}, 1)
+    idx, x = next(Minibatches(data.train, 100, seed=0, device=device).epoch(0))
+    plain = PlainVAE(data.x_dim).to(device)
+    params = list(plain.parameters())
+    n = float(data.num_train)
+
+    def plain_loop() -> None:
+        moments = Moments(sum(p.numel() for p in params), device)
+        for _ in range(repeats):
+            loss = -plain.elbo(x, "a").sum() * (n / x.shape[0])
+            grads = torch.autograd.grad(loss, params)
+            moments.add(torch.cat([g.reshape(-1) for g in grads]) / n)
+
+    def project() -> None:
+        gradient_statistics(elbo, vae, x, idx, repeats)
+
+    times = interleaved({"plain": plain_loop, "project": project}, rounds, 1, device)
+    return {
+        "repeats": repeats,
+        "batch_size": 100,
+        "estimator": "trace_elbo",
+        "seconds": {name: round(statistics.median(ts), 3) for name, ts in times.items()},
+        "ratio_to_baseline": round(ratio(times, "project", "plain"), 4),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "logical_cores": torch.multiprocessing.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        "# Benchmark: pyro-vae against plain PyTorch",
+        "",
+        f"Command: `{result['command']}` ({result['seconds']:.0f} s).",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, {m['torch_threads']} torch "
+        f"threads; torch {m['torch']}, pyro {m['pyro']}, Python {m['python']}"
+        + (f"; GPU {m['cuda_device']}" if "cuda_device" in m else "")
+        + ".",
+        "",
+        "Ratios are time per step over the plain-PyTorch baseline's, medians over "
+        "alternating rounds in one process (below 1: faster than the baseline).",
+        "",
+    ]
+    for device, res in result["devices"].items():
+        lines += [
+            f"## {device}: training",
+            "",
+            "| configuration | batch | examples/s | baseline | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for t in res["training"]:
+            eps = t["examples_per_second"]
+            for name in eps:
+                if name.startswith("plain"):
+                    lines.append(f"| {name} | {t['batch_size']} | {eps[name]:.0f} | | |")
+                else:
+                    r = t["ratio_to_baseline"][name]
+                    lines.append(
+                        f"| {name} | {t['batch_size']} | {eps[name]:.0f} "
+                        f"| {r['baseline']} | {r['ratio']:.3f} |"
+                    )
+        ev, var = res["evaluation"], res["variance"]
+        lines += [
+            "",
+            f"## {device}: importance sampling and variance lab",
+            "",
+            "| measurement | plain s | project s | ratio |",
+            "|---|---|---|---|",
+            f"| log p(x), K={ev['importance_samples']}, {ev['points']} test points "
+            f"| {ev['seconds']['plain']:.2f} | {ev['seconds']['project']:.2f} "
+            f"| {ev['ratio_to_baseline']:.3f} |",
+            f"| variance lab, R={var['repeats']} gradient estimates, batch {var['batch_size']} "
+            f"| {var['seconds']['plain']:.2f} | {var['seconds']['project']:.2f} "
+            f"| {var['ratio_to_baseline']:.3f} |",
+            "",
+            f"Mean log p(x) on the same weights: plain {ev['mean_log_likelihood']['plain']}, "
+            f"project {ev['mean_log_likelihood']['project']}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--eval-rounds", type=int, default=3)
+    parser.add_argument("--devices", default=None, help="default: cpu, and cuda when present")
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true", help="a few rounds, to check the script")
+    args = parser.parse_args()
+    devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
+    rounds, eval_rounds = (3, 1) if args.quick else (args.rounds, args.eval_rounds)
+    out = Path(args.out or ROOT / "experiments" / "results" / f"benchmark{'-smoke' * args.quick}")
+    command = "python experiments/benchmark.py" + (" --quick" if args.quick else "")
+    if args.rounds != 15 or args.eval_rounds != 3:
+        command += f" --rounds {args.rounds} --eval-rounds {args.eval_rounds}"
+    start = time.perf_counter()
+    result: dict[str, Any] = {"command": command, "machine": machine(), "devices": {}}
+    for device in devices:
+        data = load_data(compose_config([f"data_dir={args.data_dir}"]), device)
+        res: dict[str, Any] = {"training": []}
+        # About 0.3 s of work per configuration and round at 2 CPU cores.
+        for batch_size, steps in ((100, 40), (1000, 5)):
+            t = bench_training(data, batch_size, device, rounds, steps)
+            res["training"].append(t)
+            for name, r in t["ratio_to_baseline"].items():
+                print(f"{device} batch {batch_size}: {name} / {r['baseline']} = {r['ratio']:.3f}")
+        points = 100 if args.quick else 1000
+        res["evaluation"] = bench_evaluation(data, device, eval_rounds, points, 1000)
+        print(f"{device} importance sampling / plain = {res['evaluation']['ratio_to_baseline']}")
+        res["variance"] = bench_variance(data, device, eval_rounds, 100)
+        print(f"{device} variance lab / plain = {res['variance']['ratio_to_baseline']}")
+        result["devices"][device] = res
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "benchmark.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
