@@ -168,6 +168,16 @@ class ProjectTrainer:
         return self.method.step(x, idx)
 
 
+class DataOnly:
+    """A step that only draws the next minibatch of a trainer's stream."""
+
+    def __init__(self, batches: Iterator[Any]):
+        self.batches = batches
+
+    def step(self) -> None:
+        next(self.batches)
+
+
 # ---------------------------------------------------------------------------------------
 # Timing
 
@@ -178,17 +188,18 @@ def _sync(device: str) -> None:
 
 
 def interleaved(
-    runs: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: str
+    runs: dict[str, Callable[[int], Any]], rounds: int, warmup: int, device: str
 ) -> dict[str, list[float]]:
-    """Seconds per call of each function, one list entry per round; the order of the
-    functions alternates between rounds (forwards, backwards)."""
+    """Seconds per call ``run(r)`` of each function in rounds r = 0, 1, ..., one list entry
+    per round after ``warmup`` rounds; the order of the functions alternates between rounds
+    (forwards, backwards)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for r in range(warmup + rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             _sync(device)
             start = time.perf_counter()
-            runs[name]()
+            runs[name](r)
             _sync(device)
             if r >= warmup:
                 times[name].append(time.perf_counter() - start)
@@ -199,8 +210,8 @@ def ratio(times: dict[str, list[float]], name: str, baseline: str) -> float:
     return statistics.median(t / b for t, b in zip(times[name], times[baseline], strict=True))
 
 
-def steps_of(trainer: Any, steps: int) -> Callable[[], None]:
-    def run() -> None:
+def steps_of(trainer: Any, steps: int) -> Callable[[int], None]:
+    def run(r: int) -> None:
         for _ in range(steps):
             trainer.step()
 
@@ -218,6 +229,10 @@ def bench_training(
     for name, (estimator, overrides) in PROJECT_CONFIGS.items():
         trainers[name] = ProjectTrainer(overrides, data, batch_size, device)
         baseline_of[name] = f"plain_{estimator}"
+    # Drawing the minibatches alone, to show what data handling takes of a step.
+    trainers["data_plain"] = DataOnly(trainers["plain_a"].batches)
+    trainers["data_project"] = DataOnly(trainers["default"].batches)
+    baseline_of["data_project"] = "data_plain"
     times = interleaved(
         {name: steps_of(t, steps) for name, t in trainers.items()}, rounds, 2, device
     )
@@ -239,7 +254,8 @@ def bench_training(
 
 
 def bench_evaluation(data: Any, device: str, rounds: int, points: int, k: int) -> dict[str, Any]:
-    """importance_log_likelihood against the plain loop, on the same weights and points."""
+    """importance_log_likelihood against the plain loop, on the same weights; the points
+    are split into ``rounds`` slices, each evaluated by both in turn."""
     torch.manual_seed(0)
     cfg = compose_config([f"device={device}"])
     vae = build_vae(cfg, data.x_dim, data.num_train).to(device).eval()
@@ -254,23 +270,30 @@ def bench_evaluation(data: Any, device: str, rounds: int, points: int, k: int) -
     for p, v in pairs:
         p.load_state_dict(v.state_dict())
     x = torch.bernoulli(data.test[:points], generator=torch.Generator(device).manual_seed(1))
-    results: dict[str, float] = {}
+    # Round r evaluates slice r - 1; the warm-up round a few points of its own.
+    slices = [x[:10], *x.chunk(rounds)]
+    results: dict[str, list[torch.Tensor]] = {"plain": [], "project": []}
 
     @torch.no_grad()
-    def plain_loop() -> None:
-        out = [plain.log_likelihood(x[s : s + 10], k) for s in range(0, points, 10)]
-        results["plain"] = torch.cat(out).mean().item()
+    def plain_loop(r: int) -> None:
+        x = slices[r]
+        results["plain"].append(
+            torch.cat([plain.log_likelihood(x[s : s + 10], k) for s in range(0, len(x), 10)])
+        )
 
-    def project() -> None:
-        results["project"] = importance_log_likelihood(vae, x, k).mean().item()
+    def project(r: int) -> None:
+        results["project"].append(importance_log_likelihood(vae, slices[r], k))
 
     times = interleaved({"plain": plain_loop, "project": project}, rounds, 1, device)
     return {
         "points": points,
         "importance_samples": k,
-        "seconds": {name: round(statistics.median(ts), 3) for name, ts in times.items()},
+        "rounds": rounds,
+        "seconds": {name: round(sum(ts), 3) for name, ts in times.items()},
         "ratio_to_baseline": round(ratio(times, "project", "plain"), 4),
-        "mean_log_likelihood": {name: round(v, 3) for name, v in results.items()},
+        "mean_log_likelihood": {
+            name: round(torch.cat(v[1:]).mean().item(), 3) for name, v in results.items()
+        },
         "seconds_by_round": {name: [round(t, 3) for t in ts] for name, ts in times.items()},
     }
 
@@ -286,14 +309,14 @@ def bench_variance(data: Any, device: str, rounds: int, repeats: int) -> dict[st
     params = list(plain.parameters())
     n = float(data.num_train)
 
-    def plain_loop() -> None:
+    def plain_loop(r: int) -> None:
         moments = Moments(sum(p.numel() for p in params), device)
         for _ in range(repeats):
             loss = -plain.elbo(x, "a").sum() * (n / x.shape[0])
             grads = torch.autograd.grad(loss, params)
             moments.add(torch.cat([g.reshape(-1) for g in grads]) / n)
 
-    def project() -> None:
+    def project(r: int) -> None:
         gradient_statistics(elbo, vae, x, idx, repeats)
 
     times = interleaved({"plain": plain_loop, "project": project}, rounds, 1, device)
@@ -358,7 +381,7 @@ def markdown(result: dict[str, Any]) -> str:
         for t in res["training"]:
             eps = t["examples_per_second"]
             for name in eps:
-                if name.startswith("plain"):
+                if name not in t["ratio_to_baseline"]:
                     lines.append(f"| {name} | {t['batch_size']} | {eps[name]:.0f} | | |")
                 else:
                     r = t["ratio_to_baseline"][name]
@@ -389,26 +412,27 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--eval-rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--eval-rounds", type=int, default=10)
     parser.add_argument("--devices", default=None, help="default: cpu, and cuda when present")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true", help="a few rounds, to check the script")
     args = parser.parse_args()
     devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
-    rounds, eval_rounds = (3, 1) if args.quick else (args.rounds, args.eval_rounds)
+    rounds, eval_rounds = (3, 2) if args.quick else (args.rounds, args.eval_rounds)
     out = Path(args.out or ROOT / "experiments" / "results" / f"benchmark{'-smoke' * args.quick}")
     command = "python experiments/benchmark.py" + (" --quick" if args.quick else "")
-    if args.rounds != 15 or args.eval_rounds != 3:
+    if args.rounds != 25 or args.eval_rounds != 10:
         command += f" --rounds {args.rounds} --eval-rounds {args.eval_rounds}"
     start = time.perf_counter()
     result: dict[str, Any] = {"command": command, "machine": machine(), "devices": {}}
     for device in devices:
         data = load_data(compose_config([f"data_dir={args.data_dir}"]), device)
         res: dict[str, Any] = {"training": []}
-        # About 0.3 s of work per configuration and round at 2 CPU cores.
-        for batch_size, steps in ((100, 40), (1000, 5)):
+        # About 0.15 s of work per configuration and round at 2 CPU cores: short rounds,
+        # so that a burst of load from elsewhere spoils few of them.
+        for batch_size, steps in ((100, 15), (1000, 3)):
             t = bench_training(data, batch_size, device, rounds, steps)
             res["training"].append(t)
             for name, r in t["ratio_to_baseline"].items():
@@ -416,7 +440,7 @@ def main() -> None:
         points = 100 if args.quick else 1000
         res["evaluation"] = bench_evaluation(data, device, eval_rounds, points, 1000)
         print(f"{device} importance sampling / plain = {res['evaluation']['ratio_to_baseline']}")
-        res["variance"] = bench_variance(data, device, eval_rounds, 100)
+        res["variance"] = bench_variance(data, device, max(2, eval_rounds // 2), 100)
         print(f"{device} variance lab / plain = {res['variance']['ratio_to_baseline']}")
         result["devices"][device] = res
     result["seconds"] = round(time.perf_counter() - start, 1)

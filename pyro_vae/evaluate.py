@@ -18,8 +18,11 @@ from .experiment import load_run
 from .model import VAE
 from .rundir import LAST_CHECKPOINT
 
-# Elements of the largest [K, M, D] tensor evaluated at once (about 128 MB in float32).
-_MAX_ELEMENTS = 2**25
+# Elements of the largest [K, M, D] tensor evaluated at once: 8 MB in float32. Chunks this
+# small stay in the CPU's caches, and their temporaries stay under glibc's mmap threshold
+# (32 MB), so memory is reused instead of mapped and faulted in afresh for every chunk
+# (128 MB chunks ran ~1.4x slower with most of the time in page faults).
+_MAX_ELEMENTS = 2**21
 
 
 def _chunks(n: int, size: int):
