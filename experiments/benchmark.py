@@ -1,44 +1,50 @@
 """Speed against plain PyTorch, in one process: training steps, importance sampling, variance lab.
 
 Every measurement compares the project, as a user runs it, with a plain-PyTorch program of
-identical architecture written here (the naive loop a user would write: ``nn.Linear``
-layers, ``torch.optim.Adam`` with its defaults, ``F.binary_cross_entropy_with_logits``),
-on the same data handling: MNIST held in memory as one tensor, each minibatch drawn by
-index and dynamically binarised on the device. Configurations are timed in rounds, the
-order alternating between rounds so that machine load hits all alike, after warm-up
-rounds; a configuration's figure is the median over rounds of its time per step, and its
-ratio the median over rounds of (its time / the baseline's time in the same round).
+identical architecture written here: the naive loop a user would write (``nn.Linear``
+layers, ``torch.optim.Adam`` with its defaults, ``F.binary_cross_entropy_with_logits``,
+MNIST held in memory as one tensor, each minibatch drawn by index and binarised with
+``torch.bernoulli``). Configurations are timed in short rounds, their order alternating
+between rounds so that load from elsewhere hits all alike, after warm-up rounds; a
+configuration's time is the median over rounds, its ratio the median over rounds of (its
+time / the baseline's time in the same round): below 1 is faster than the baseline.
 
-Training (MNIST, the paper's model 784-500-20, tanh, Bernoulli decoder; batch 100 and 1000):
+Training (MNIST, the paper's model 784-500-20, tanh, Bernoulli decoder; batch 100 and
+1000), every step including the drawing of its minibatch:
 
 - ``plain_a``: baseline for estimator A (eq. 6): log p(x|z) + log p(z) - log q(z|x) at the
   sample, L = 1;
 - ``plain_b``: baseline for estimator B (eq. 7): log p(x|z) - KL in closed form (eq. 10);
-- ``default``: ``pyro-vae train``'s step with the defaults: SVI + Pyro's ``Trace_ELBO``
-  (estimator A), compared with ``plain_a``;
-- ``svi_sgvb_b``: SVI with the hand-derived estimator B, compared with ``plain_b``;
-- ``fast_a`` / ``fast_b``: ``fast=true`` (the same estimators without Pyro's tracing,
-  see ``pyro_vae/fast.py``), compared with ``plain_a`` / ``plain_b``.
+- ``default``: ``pyro-vae train``'s step with the defaults (``Minibatches``, then SVI +
+  Pyro's ``Trace_ELBO``, estimator A), against ``plain_a``;
+- ``svi_sgvb_b``: the same with the hand-derived estimator B, against ``plain_b``;
+- ``fast_a`` / ``fast_b``: ``fast=true`` (estimator A / B without Pyro's tracing,
+  ``pyro_vae/fast.py``), against ``plain_a`` / ``plain_b``;
+- ``data_project`` / ``data_plain``: drawing the minibatch alone.
 
-Evaluation: ``importance_log_likelihood`` (K = 1000, 1000 test points) against a plain loop
-over chunks of 10 test points with all K samples of a chunk in one pass. Variance lab: R = 100
-gradient estimates (``variance.gradient_statistics``, Trace_ELBO, batch 100) against a plain
-loop of R ``torch.autograd.grad`` calls on the ``plain_a`` loss feeding the same running
-moments.
+Evaluation: ``importance_log_likelihood`` (K = 1000, 1000 test points, in slices of 100
+that the two take in turn) against a plain loop over chunks of 10 points, all K samples of
+a chunk in one pass, on the same weights. Variance lab: R = 100 gradient estimates
+(``variance.gradient_statistics``, Trace_ELBO, batch 100) against R ``torch.autograd.grad``
+calls on the ``plain_a`` loss feeding the same running moments.
 
-    python experiments/benchmark.py [--rounds 15] [--devices cpu,cuda] [--out DIR]
+    python experiments/benchmark.py [--profile] [--devices cpu,cuda] [--out DIR]
 
-Writes ``<out>/benchmark.json`` (every round's times) and ``<out>/benchmark.md`` (the
-table and the machine), default ``experiments/results/benchmark``; ``--quick`` runs a few
-rounds of everything into ``experiments/results/benchmark-smoke`` to check the script.
+Writes ``<out>/benchmark.json`` (every round's times) and ``<out>/benchmark.md`` (tables
+and the machine), by default in ``experiments/results/benchmark``; ``--profile`` adds
+cProfile tables of the default and fast steps; ``--quick`` runs a few rounds of everything
+into ``experiments/results/benchmark-smoke``, to check the script.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import math
 import platform
+import pstats
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -110,7 +116,7 @@ class PlainVAE(nn.Module):
         """Importance-sampled log p(x) [M] with K samples of q per point."""
         mu, logvar = self.encode(x)
         std = torch.exp(0.5 * logvar)
-        eps = torch.randn(k, *mu.shape)
+        eps = torch.randn(k, *mu.shape, device=mu.device)
         z = mu + std * eps
         log_px = -F.binary_cross_entropy_with_logits(
             self.decode(z), x.expand(k, *x.shape), reduction="none"
@@ -329,6 +335,21 @@ def bench_variance(data: Any, device: str, rounds: int, repeats: int) -> dict[st
     }
 
 
+def profile_steps(data: Any, device: str, overrides: list[str], steps: int = 300) -> str:
+    """cProfile of ``steps`` project steps (minibatch drawing included), by own time."""
+    trainer = ProjectTrainer(overrides, data, 100, device)
+    for _ in range(20):
+        trainer.step()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        trainer.step()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    return f"# {steps} steps, batch 100, overrides {overrides}\n" + out.getvalue()
+
+
 # ---------------------------------------------------------------------------------------
 # Report
 
@@ -418,11 +439,15 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true", help="a few rounds, to check the script")
+    parser.add_argument(
+        "--profile", action="store_true", help="also write cProfile tables of the training step"
+    )
     args = parser.parse_args()
     devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
     rounds, eval_rounds = (3, 2) if args.quick else (args.rounds, args.eval_rounds)
     out = Path(args.out or ROOT / "experiments" / "results" / f"benchmark{'-smoke' * args.quick}")
-    command = "python experiments/benchmark.py" + (" --quick" if args.quick else "")
+    command = "python experiments/benchmark.py" + " --quick" * args.quick
+    command += " --profile" * args.profile
     if args.rounds != 25 or args.eval_rounds != 10:
         command += f" --rounds {args.rounds} --eval-rounds {args.eval_rounds}"
     start = time.perf_counter()
@@ -443,6 +468,11 @@ def main() -> None:
         res["variance"] = bench_variance(data, device, max(2, eval_rounds // 2), 100)
         print(f"{device} variance lab / plain = {res['variance']['ratio_to_baseline']}")
         result["devices"][device] = res
+        if args.profile:
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("default", "fast_b"):
+                text = profile_steps(data, device, PROJECT_CONFIGS[name][1])
+                (out / f"profile_{device}_{name}.txt").write_text(text)
     result["seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
