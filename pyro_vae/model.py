@@ -4,6 +4,11 @@
 ``pyro.plate`` over the minibatch whose ``size`` is the number of training points N, so
 every estimator built on their traces is scaled by N/M and estimates the full-data bound
 of eq. 8.
+
+The encoder and decoder are plain ``torch.nn.Module`` objects that ``model`` and ``guide``
+register with ``pyro.module`` (as Pyro's VAE example does), so SVI sees their parameters
+while code outside Pyro's handlers (evaluation, ``fast=true``) calls them at plain-PyTorch
+cost: a ``PyroModule`` network sends a ``pyro.param`` message at every parameter access.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from typing import Any
 import pyro
 import torch
 from pyro.nn import PyroModule
-from pyro.nn.module import to_pyro_module_
 
 from .networks import GaussianEncoder, build_decoder, init_parameters
 from .priors import Prior, build_prior
@@ -53,15 +57,11 @@ class VAE(PyroModule):
         self.x_dim, self.latent_dim, self.likelihood = x_dim, latent_dim, likelihood
         self.hidden_dims = hidden_dims
         self.num_data = num_data
-        encoder = GaussianEncoder(x_dim, latent_dim, hidden_dims, activation)
+        self.encoder = GaussianEncoder(x_dim, latent_dim, hidden_dims, activation)
         # The decoder mirrors the encoder's widths (appendix C: same number of hidden units).
-        decoder = build_decoder(
+        self.decoder = build_decoder(
             likelihood, latent_dim, x_dim, hidden_dims[::-1], activation, decoder_min_var
         )
-        to_pyro_module_(encoder)
-        to_pyro_module_(decoder)
-        self.encoder = encoder
-        self.decoder = decoder
         self.prior = prior
 
     def _plate(self, x: torch.Tensor, idx: torch.Tensor | None) -> pyro.plate:
@@ -74,12 +74,14 @@ class VAE(PyroModule):
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> None:
         """p(z) p_theta(x|z) for a minibatch ``x`` [M, D] (``idx``: its dataset indices)."""
+        pyro.module(self._pyro_name + ".decoder", self.decoder)
         with self._plate(x, idx):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.decoder.distribution(z), obs=x)
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> None:
         """q_phi(z|x) = N(mu(x), diag sigma^2(x)), reparameterised (sec. 2.4)."""
+        pyro.module(self._pyro_name + ".encoder", self.encoder)
         with self._plate(x, idx):
             pyro.sample("z", self.encoder.distribution(x))
 

@@ -1,7 +1,7 @@
 """The paper's MLPs (appendix C): a Gaussian encoder and Bernoulli or Gaussian decoders.
 
-All are plain ``torch.nn.Module`` objects; :class:`pyro_vae.model.VAE` turns them
-into ``PyroModule`` objects so Pyro sees their parameters.
+All are plain ``torch.nn.Module`` objects; :class:`pyro_vae.model.VAE` registers them
+with ``pyro.module`` in its model and guide, so Pyro sees their parameters.
 """
 
 from __future__ import annotations
