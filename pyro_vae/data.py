@@ -219,9 +219,10 @@ def binarize(x: torch.Tensor, seed: int) -> torch.Tensor:
 def bernoulli_draw(x: torch.Tensor, seed: int) -> torch.Tensor:
     """The distribution of :func:`binarize` (a different stream): 1[U < x], U ~ Uniform[0, 1).
 
-    ``torch.bernoulli``'s CPU kernel draws value by value; uniform draws and a comparison
-    take about a third of its time, which keeps dynamic binarisation out of the training
-    step's profile. Deterministic given (x, seed, device).
+    With a seeded generator, ``torch.bernoulli``'s CPU kernel takes about twice as long as
+    uniform draws and a comparison (10 ms against 5 ms for 1000 x 784 values on 2 cores,
+    where a training step at batch 1000 takes about 50 ms). Deterministic given (x, seed,
+    device).
     """
     generator = torch.Generator(device=x.device)
     generator.manual_seed(seed)
