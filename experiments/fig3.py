@@ -113,7 +113,7 @@ def main(argv: list[str]) -> None:
     save_csv(opts, "fig3_final.csv", [run_rows[-1] for run_rows in per_run])
 
     # Top row against training samples (the paper's axis), bottom row against training time.
-    fig = Figure(figsize=(12, 9))
+    fig = Figure(figsize=(12, 9), layout="constrained")
     x_axes = [("samples", "training samples evaluated"), ("train_seconds", "training seconds")]
     for axes_row, (xkey, xlabel) in zip(fig.subplots(2, 2), x_axes, strict=True):
         for ax, size in zip(axes_row, TRAIN_SIZES, strict=True):
