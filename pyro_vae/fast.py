@@ -37,4 +37,4 @@ def direct_bound(vae: VAE, x: torch.Tensor, estimator: str, num_particles: int =
         z = q.rsample((num_particles,))
         log_px_z = vae.decoder.distribution(z).log_prob(x).mean(0)
         per_point = log_px_z - analytic_kl(q, vae.prior())
-    return per_point.sum() * ((vae.num_data or x.shape[0]) / x.shape[0])
+    return vae.data_scale(x.shape[0]) * per_point.sum()

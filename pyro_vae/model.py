@@ -64,6 +64,11 @@ class VAE(PyroModule):
         )
         self.prior = prior
 
+    def data_scale(self, batch_size: int) -> float:
+        """N/M: the weight of a minibatch of M points in the full-data bound (eq. 8); 1 when
+        ``num_data`` is not set."""
+        return (self.num_data or batch_size) / batch_size
+
     def _plate(self, x: torch.Tensor, idx: torch.Tensor | None) -> pyro.plate:
         batch = x.shape[0]
         size = self.num_data or batch

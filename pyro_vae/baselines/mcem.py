@@ -65,14 +65,14 @@ class MCEM:
 
     def m_step_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """-(N/M) sum_i log p_theta(x_i, z_i): the complete-data loss at the sampled z."""
-        return -self.vae.num_data / x.shape[0] * log_joint(self.vae, x)(z).sum()
+        return -self.vae.data_scale(x.shape[0]) * log_joint(self.vae, x)(z).sum()
 
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float:
         z = self.e_step(x, idx)
         for _ in range(self.settings.m_steps):
             descend(self.m_step_loss(x, z), self.theta_optim, self.vae)
         # Monitoring encoder: AEVB's phi-update with theta fixed (descend clears theta's grads).
-        elbo = self.vae.num_data / x.shape[0] * self.vae.log_weights(x, 1).sum()
+        elbo = self.vae.data_scale(x.shape[0]) * self.vae.log_weights(x, 1).sum()
         descend(-elbo, self.phi_optim, self.vae)
         return -elbo.item()
 
