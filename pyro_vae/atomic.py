@@ -12,7 +12,9 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str, keep_previous: Path | None = None) -> Path:
+def atomic_write(
+    path: str | os.PathLike, data: bytes | str, keep_previous: Path | None = None
+) -> Path:
     """Write ``data`` to ``path`` so that a kill at any moment leaves the old or the new file.
 
     The data go to a temporary file beside ``path`` (``.<name>.<random>.tmp``), are flushed

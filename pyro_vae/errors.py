@@ -24,13 +24,15 @@ class PyroVAEError(Exception):
 class ArgumentError(PyroVAEError, ValueError):
     """An argument (or configuration value) that is refused.
 
-    ``key`` is the argument's name, ``detail`` what follows it in the message; the message
-    is ``{key}{detail}``, or ``detail`` alone without a key.
+    ``key`` is the argument's name and ``detail`` the rest of the message: the message is
+    ``{key}{detail}``, or ``detail`` with the literal ``{key}`` replaced by the name where
+    the name belongs elsewhere (``missing value for {key}: ...``), or ``detail`` alone
+    without a key.
     """
 
     def __init__(self, detail: str, key: str | None = None):
         self.key, self.detail = key, detail
-        super().__init__(f"{key}{detail}" if key else detail)
+        super().__init__(_render(detail, key))
 
     @classmethod
     def refuse(cls, key: str, value: Any, allowed: str) -> ArgumentError:
@@ -42,6 +44,12 @@ class ArgumentError(PyroVAEError, ValueError):
         if self.key is None:
             return ConfigError(self.detail)
         return ConfigError(self.detail, f"{prefix}.{self.key}")
+
+
+def _render(detail: str, key: str | None) -> str:
+    if key is None:
+        return detail
+    return detail.replace("{key}", key) if "{key}" in detail else key + detail
 
 
 def refuse(key: str, value: Any, allowed: str) -> ArgumentError:

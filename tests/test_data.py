@@ -1,10 +1,11 @@
-"""Tests for pyro_vae/data.py. Every test writes its own small files under tmp_path; only the
-last one reads the real datasets, and is skipped where they are absent."""
+"""Tests for the pyro_vae.data package. Every test writes its own small files under tmp_path;
+only the last one reads the real datasets, and is skipped where they are absent."""
 
 import functools
 import gzip
 import hashlib
 import http.server
+import logging
 import math
 import socket
 import struct
@@ -19,14 +20,17 @@ import torch
 from pyro_vae import data
 from pyro_vae.data import (
     ChecksumError,
+    DataError,
     DataNotFoundError,
     Minibatches,
     binarize,
     check_data_for_likelihood,
+    download,
     load_dataset,
     read_idx,
     resolve_data_dir,
 )
+from pyro_vae.errors import ArgumentError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -37,7 +41,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def trust(monkeypatch, name: str, content: bytes, algorithm: str = "md5") -> None:
     """Make the checksum table accept ``content`` as the file ``name``."""
     digest = hashlib.new(algorithm, content).hexdigest()
-    monkeypatch.setitem(data.CHECKSUMS, name, f"{algorithm}:{digest}")
+    monkeypatch.setitem(download.CHECKSUMS, name, f"{algorithm}:{digest}")
 
 
 def idx_bytes(a: np.ndarray) -> bytes:
@@ -94,6 +98,11 @@ def serve(root: Path, mirror: str, name: str, content: bytes) -> None:
     (root / mirror / name).write_bytes(content)
 
 
+def download_log(caplog) -> list[str]:
+    """The progress messages the download module logged (the test set INFO on its logger)."""
+    return [r.getMessage() for r in caplog.records if r.name == download.__name__]
+
+
 # --- data directory --------------------------------------------------------------------------
 
 
@@ -122,7 +131,7 @@ def test_read_idx_round_trip(tmp_path, compress):
 def test_read_idx_bad_magic(tmp_path):
     path = tmp_path / "labels"
     path.write_bytes(idx_bytes(np.arange(5)))
-    with pytest.raises(ValueError, match=r"labels is not the expected kind.*magic 2049, not 2051"):
+    with pytest.raises(DataError, match=r"labels is not the expected kind.*magic 2049, not 2051"):
         read_idx(path, 2051)
 
 
@@ -130,11 +139,11 @@ def test_read_idx_truncated(tmp_path):
     raw = idx_bytes(np.zeros((4, 28, 28)))
     path = tmp_path / "cut"
     path.write_bytes(raw[:-10])
-    with pytest.raises(ValueError, match=r"cut has 3142 bytes but its header.*truncated"):
+    with pytest.raises(DataError, match=r"cut has 3142 bytes but its header.*truncated"):
         read_idx(path, 2051)
     gz = tmp_path / "cut.gz"
     gz.write_bytes(gzip.compress(raw)[:-20])
-    with pytest.raises(ValueError, match=r"cut.gz is not a complete gzip file"):
+    with pytest.raises(DataError, match=r"cut.gz is not a complete gzip file"):
         read_idx(gz, 2051)
 
 
@@ -152,7 +161,8 @@ def fake_mnist_files() -> dict[str, tuple[bytes, np.ndarray]]:
     return {stem: (idx_bytes(a), a) for stem, a in arrays.items()}
 
 
-def test_mnist_downloaded_then_loaded(tmp_path, server, monkeypatch, capsys):
+def test_mnist_downloaded_then_loaded(tmp_path, server, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=download.__name__)
     root, url = server
     files = fake_mnist_files()
     for stem, (raw, _) in files.items():
@@ -168,7 +178,7 @@ def test_mnist_downloaded_then_loaded(tmp_path, server, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "data/MNIST/raw").iterdir()) == sorted(
         f"{stem}.gz" for stem in files
     )
-    assert capsys.readouterr().err.count("downloading ") == 4
+    assert sum(m.startswith("downloading ") for m in download_log(caplog)) == 4
 
 
 def test_mnist_uncompressed_files_without_labels(tmp_path, monkeypatch):
@@ -222,7 +232,7 @@ def test_present_file_with_bad_checksum_is_refused_and_left_alone(tmp_path, serv
     with pytest.raises(ChecksumError) as error:
         load_dataset("frey_face", tmp_path / "data", mirrors=[url + "good/"])
     message = str(error.value)
-    assert str(local) in message and data.CHECKSUMS["frey_rawface.mat"][4:] in message
+    assert str(local) in message and download.CHECKSUMS["frey_rawface.mat"][4:] in message
     assert hashlib.md5(good[:-100]).hexdigest() in message and "delete it" in message
     assert local.read_bytes() == good[:-100] and local.stat().st_mtime_ns == before
 
@@ -230,18 +240,19 @@ def test_present_file_with_bad_checksum_is_refused_and_left_alone(tmp_path, serv
 def test_checksum_of_unchanged_file_is_computed_once(tmp_path, monkeypatch):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
-    assert data._file_digest(path, "md5") == hashlib.md5(b"abc").hexdigest()
+    assert download._file_digest(path, "md5") == hashlib.md5(b"abc").hexdigest()
     with monkeypatch.context() as m:
-        m.setattr(data.hashlib, "new", None)  # any re-hash would fail
-        assert data._file_digest(path, "md5") == hashlib.md5(b"abc").hexdigest()
+        m.setattr(download.hashlib, "new", None)  # any re-hash would fail
+        assert download._file_digest(path, "md5") == hashlib.md5(b"abc").hexdigest()
     path.write_bytes(b"abcd")
-    assert data._file_digest(path, "md5") == hashlib.md5(b"abcd").hexdigest()
+    assert download._file_digest(path, "md5") == hashlib.md5(b"abcd").hexdigest()
 
 
 # --- downloads -------------------------------------------------------------------------------
 
 
-def test_download_lands_the_file(tmp_path, server, monkeypatch, capsys):
+def test_download_lands_the_file(tmp_path, server, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=download.__name__)
     root, url = server
     good, _ = frey_mat_bytes(tmp_path)
     serve(root, "good", "frey_rawface.mat", good)
@@ -251,9 +262,7 @@ def test_download_lands_the_file(tmp_path, server, monkeypatch, capsys):
     assert (directory / "frey_rawface.mat").read_bytes() == good
     assert [p.name for p in directory.iterdir()] == ["frey_rawface.mat"]  # no temp file left
     assert ds.source == str(directory / "frey_rawface.mat")
-    assert (
-        f"downloading frey_rawface.mat from {url}good/frey_rawface.mat" in capsys.readouterr().err
-    )
+    assert f"downloading frey_rawface.mat from {url}good/frey_rawface.mat" in download_log(caplog)
 
 
 def test_download_skips_a_corrupt_mirror(tmp_path, server, monkeypatch):
@@ -281,14 +290,15 @@ def test_download_all_mirrors_bad_lists_each_url_and_why(tmp_path, server, monke
     assert list((tmp_path / "data" / "FreyFace").iterdir()) == []
 
 
-def test_mirror_from_environment_is_tried_first(tmp_path, server, monkeypatch, capsys):
+def test_mirror_from_environment_is_tried_first(tmp_path, server, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=download.__name__)
     root, url = server
     good, _ = frey_mat_bytes(tmp_path)
     serve(root, "good", "frey_rawface.mat", good)
     trust(monkeypatch, "frey_rawface.mat", good)
     monkeypatch.setenv(data.MIRROR_ENV, url + "good/")
     load_dataset("frey_face", tmp_path / "data", mirrors=[unused_port_url()])
-    assert capsys.readouterr().err.count("downloading") == 1
+    assert sum("downloading" in m for m in download_log(caplog)) == 1
 
 
 def test_offline_error_names_directory_files_and_attempts(tmp_path):
@@ -306,6 +316,27 @@ def test_offline_error_names_directory_files_and_attempts(tmp_path):
     message = str(error.value)
     assert str(directory / "frey_rawface.mat") in message and f"{down}frey_rawface.mat:" in message
     assert list(directory.iterdir()) == []
+
+
+def test_file_mirror_from_environment(tmp_path, monkeypatch):
+    # a local mirror (pooch has no downloader of its own for file:// URLs)
+    good, _ = frey_mat_bytes(tmp_path)
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "frey_rawface.mat").write_bytes(good)
+    trust(monkeypatch, "frey_rawface.mat", good)
+    monkeypatch.setenv(data.MIRROR_ENV, (tmp_path / "mirror").as_uri() + "/")
+    load_dataset("frey_face", tmp_path / "data", mirrors=[unused_port_url()])
+    assert (tmp_path / "data" / "FreyFace" / "frey_rawface.mat").read_bytes() == good
+
+
+def test_data_dir_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_bytes(b"")
+    with pytest.raises(DataNotFoundError) as error:
+        load_dataset("frey_face", blocker)
+    message = str(error.value)
+    assert f"{blocker / 'FreyFace'} cannot be created" in message
+    assert str(blocker / "FreyFace" / "frey_rawface.mat") in message and "data_dir=" in message
 
 
 # --- binarized MNIST -------------------------------------------------------------------------
@@ -331,8 +362,45 @@ def test_binarized_mnist_built_from_downloaded_amat(tmp_path, server, monkeypatc
     again = load_dataset("binarized_mnist", tmp_path, download=False)
     torch.testing.assert_close(again.train, ds.train)
 
-    monkeypatch.setitem(data.CHECKSUMS, "binarized_mnist.npz:test", "sha256:" + "0" * 64)
+    monkeypatch.setitem(download.CHECKSUMS, "binarized_mnist.npz:test", "sha256:" + "0" * 64)
     with pytest.raises(ChecksumError, match=r"binarized_mnist.npz \(array 'test'\)"):
+        load_dataset("binarized_mnist", tmp_path, download=False)
+
+
+def test_binarized_mnist_present_amat_is_used_not_downloaded(tmp_path, server, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=download.__name__)
+    root, url = server
+    rng = np.random.RandomState(1)
+    directory = tmp_path / "BinarizedMNIST"
+    directory.mkdir()
+    bits = {split: rng.randint(0, 2, size=(2, 784)).astype(np.uint8) for split in
+            ("train", "valid", "test")}  # fmt: skip
+    for split, b in bits.items():
+        content = amat_bytes(b)
+        trust(monkeypatch, f"binarized_mnist_{split}.amat", content, "sha256")
+        trust(monkeypatch, f"binarized_mnist.npz:{split}", b.tobytes(), "sha256")
+        if split == "train":
+            (directory / "binarized_mnist_train.amat").write_bytes(content)
+        else:
+            serve(root, "larochelle", f"binarized_mnist_{split}.amat", content)
+    ds = load_dataset("binarized_mnist", tmp_path, mirrors=[url + "larochelle/"])
+    torch.testing.assert_close(ds.train, torch.tensor(bits["train"]).float())
+    assert sorted(download_log(caplog)) == [
+        f"downloading {name} from {url}larochelle/{name}"
+        for name in ("binarized_mnist_test.amat", "binarized_mnist_valid.amat")
+    ]
+    # the user's own file stays; the downloaded ones gave way to the npz
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "binarized_mnist.npz",
+        "binarized_mnist_train.amat",
+    ]
+
+
+def test_binarized_mnist_unreadable_npz(tmp_path):
+    directory = tmp_path / "BinarizedMNIST"
+    directory.mkdir()
+    (directory / "binarized_mnist.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match=r"binarized_mnist.npz could not be read .*delete it"):
         load_dataset("binarized_mnist", tmp_path, download=False)
 
 
@@ -381,7 +449,7 @@ def test_resuming_mid_epoch_yields_the_tail():
     for (i, x), (j, y) in zip(full[4:], tail, strict=True):
         assert torch.equal(i, j) and torch.equal(x, y)
     assert list(batches.epoch(3, start=len(batches))) == []
-    with pytest.raises(ValueError, match=r"start=8 must be in 0\.\.7"):
+    with pytest.raises(ArgumentError, match=r"^start=8 is not allowed: expected 0\.\.7 \(batches"):
         next(batches.epoch(3, start=8))
 
 
@@ -404,12 +472,14 @@ def test_binarize_none_passes_data_through():
 
 @pytest.mark.parametrize("batch_size", [0, 31])
 def test_bad_batch_size_refused(batch_size):
-    with pytest.raises(ValueError, match=rf"batch_size={batch_size} must be in 1..30"):
+    with pytest.raises(
+        ArgumentError, match=rf"^batch_size={batch_size} is not allowed: expected 1\.\.30 "
+    ):
         Minibatches(torch.rand(30, 4), batch_size, seed=0)
 
 
 def test_bad_binarize_mode_refused():
-    with pytest.raises(ValueError, match="binarize='static'"):
+    with pytest.raises(ArgumentError, match=r"^binarize='static' is not allowed: .*'dynamic'"):
         Minibatches(torch.rand(30, 4), 5, seed=0, binarize="static")
 
 
@@ -438,7 +508,7 @@ def test_array_npz_keys(tmp_path):
     torch.testing.assert_close(ds.test, torch.tensor(y, dtype=torch.float32))
     assert ds.image_shape is None
     np.savez(tmp_path / "many.npz", a=x, b=x)
-    with pytest.raises(ValueError, match=r"many.npz holds several arrays \['a', 'b'\]"):
+    with pytest.raises(DataError, match=r"many.npz holds several arrays \['a', 'b'\]"):
         load_dataset("array", path=tmp_path / "many.npz")
 
 
@@ -459,20 +529,20 @@ def test_array_image_shape(tmp_path):
     assert load_dataset("array", path=tmp_path / "flat.npy").image_shape is None
     flat = load_dataset("array", path=tmp_path / "flat.npy", image_shape=[5, 3])
     assert flat.image_shape == (5, 3)
-    with pytest.raises(ValueError, match=r"image_shape=\[4, 4\].*D=15"):
+    with pytest.raises(ArgumentError, match=r"^image_shape=\[4, 4\] is not allowed: .*D=15"):
         load_dataset("array", path=tmp_path / "flat.npy", image_shape=[4, 4])
 
 
 @pytest.mark.parametrize(
     ("name", "content", "error", "match"),
     [
-        ("absent.npy", None, FileNotFoundError, "absent.npy does not exist"),
-        ("x.csv", np.zeros((3, 2)), ValueError, r"unknown extension '.csv'; use .npy, .npz or .pt"),
-        ("empty.npy", np.zeros((0, 4)), ValueError, "empty"),
-        ("vector.npy", np.zeros(5), ValueError, r"expected \[N, D\] or \[N, H, W\].*\(5,\)"),
-        ("4d.npy", np.zeros((2, 2, 2, 2)), ValueError, r"shape \(2, 2, 2, 2\)"),
-        ("nan.npy", np.array([[0.1, np.nan], [0.2, 0.3]]), ValueError, "1 of 4 values are NaN"),
-        ("inf.npy", np.array([[0.1, np.inf], [0.2, 0.3]]), ValueError, "NaN or Inf"),
+        ("absent.npy", None, DataNotFoundError, "absent.npy does not exist"),
+        ("x.csv", np.zeros((3, 2)), DataError, r"unknown extension '.csv'; use .npy, .npz or .pt"),
+        ("empty.npy", np.zeros((0, 4)), DataError, "empty"),
+        ("vector.npy", np.zeros(5), DataError, r"expected \[N, D\] or \[N, H, W\].*\(5,\)"),
+        ("4d.npy", np.zeros((2, 2, 2, 2)), DataError, r"shape \(2, 2, 2, 2\)"),
+        ("nan.npy", np.array([[0.1, np.nan], [0.2, 0.3]]), DataError, "1 of 4 values are NaN"),
+        ("inf.npy", np.array([[0.1, np.inf], [0.2, 0.3]]), DataError, "NaN or Inf"),
     ],
 )
 def test_array_errors_name_the_file(tmp_path, name, content, error, match):
@@ -485,32 +555,91 @@ def test_array_errors_name_the_file(tmp_path, name, content, error, match):
     assert str(path) in str(raised.value)
 
 
+def test_missing_array_file_is_a_file_not_found_error(tmp_path):
+    absent = tmp_path / "absent.npy"
+    with pytest.raises(FileNotFoundError, match="does not exist") as raised:
+        load_dataset("array", path=absent)
+    assert isinstance(raised.value, DataNotFoundError) and isinstance(raised.value, DataError)
+    assert str(absent) in str(raised.value)
+    np.save(tmp_path / "x.npy", np.random.rand(10, 4))
+    with pytest.raises(DataNotFoundError, match=r"absent_test.npy does not exist"):
+        load_dataset("array", path=tmp_path / "x.npy", test_path=tmp_path / "absent_test.npy")
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("garbage.npy", b"this is not an array file"),
+        ("nothing.npy", b""),
+        ("truncated.npy", None),  # a valid header, half the data
+        ("pickled.npy", "object"),  # needs allow_pickle, which is refused
+        ("garbage.npz", b"PK\x03\x04 not really a zip"),
+        ("garbage.pt", b"\x80\x02 not a pickle"),
+        ("tuple.pt", "tuple"),
+    ],
+)
+def test_malformed_array_file_is_a_data_error(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        with path.open("wb") as f:
+            np.save(f, np.random.rand(100, 10))
+        path.write_bytes(path.read_bytes()[:-4000])
+    elif content == "object":
+        with path.open("wb") as f:
+            np.save(f, np.array([[{"a": 1}, None]], dtype=object), allow_pickle=True)
+    elif content == "tuple":
+        torch.save((torch.zeros(3, 2), torch.zeros(3, 2)), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError) as raised:
+        load_dataset("array", path=path)
+    assert str(path) in str(raised.value)
+    # the command line prints DataError as one line; a plain ValueError would be a bug there
+    assert type(raised.value) is DataError
+
+
 def test_array_values_and_test_file_checks(tmp_path):
     np.save(tmp_path / "big.npy", np.array([[0, 300], [2, 7], [1, 1]]))
     big = load_dataset("array", path=tmp_path / "big.npy")
     assert torch.cat([big.train, big.test]).max() == 300  # not 8-bit grey levels: kept as is
     np.save(tmp_path / "d3.npy", np.zeros((5, 3)))
     np.save(tmp_path / "d15.npy", np.zeros((5, 15)))
-    with pytest.raises(ValueError, match=r"has D=3 values per point.*D=15"):
+    with pytest.raises(DataError, match=r"has D=3 values per point.*D=15"):
         load_dataset("array", path=tmp_path / "d15.npy", test_path=tmp_path / "d3.npy")
-    with pytest.raises(ValueError, match=r"test_fraction=1.0 must be in \(0, 1\)"):
+    with pytest.raises(
+        ArgumentError, match=r"^test_fraction=1.0 is not allowed: expected a fraction in \(0, 1\)"
+    ):
         load_dataset("array", path=tmp_path / "d15.npy", test_fraction=1.0)
 
 
 # --- load_dataset arguments and data checks --------------------------------------------------
 
 
-def test_load_dataset_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown dataset name='cifar'.*mnist, frey_face"):
+def test_unknown_dataset_name_is_an_argument_error():
+    with pytest.raises(ArgumentError) as raised:
         load_dataset("cifar")
-    with pytest.raises(ValueError, match="needs path="):
+    assert not isinstance(raised.value, DataError)
+    assert raised.value.key == "name"  # so the configuration layer can say dataset.name=...
+    for allowed in data.DATASET_NAMES:
+        assert allowed in str(raised.value)
+
+
+def test_load_dataset_argument_errors(tmp_path):
+    with pytest.raises(
+        ArgumentError,
+        match=r"^name='cifar' is not allowed: .*one of mnist, frey_face, binarized_mnist, array$",
+    ):
+        load_dataset("cifar")
+    with pytest.raises(ArgumentError, match=r"^path=None is not allowed: expected a \.npy"):
         load_dataset("array")
-    with pytest.raises(ValueError, match="path, image_shape only apply to name='array'"):
+    with pytest.raises(ArgumentError, match="path, image_shape only apply to name='array'"):
         load_dataset("mnist", tmp_path, path="x.npy", image_shape=(28, 28))
     np.save(tmp_path / "x.npy", np.random.rand(10, 4))
     assert load_dataset("array", path=tmp_path / "x.npy", train_size=3).train.shape == (3, 4)
     for bad in (0, 10):
-        with pytest.raises(ValueError, match=rf"train_size={bad} must be in 1..9"):
+        with pytest.raises(
+            ArgumentError, match=rf"^train_size={bad} is not allowed: expected 1\.\.9, the size of"
+        ):
             load_dataset("array", path=tmp_path / "x.npy", train_size=bad)
 
 
@@ -524,7 +653,7 @@ def test_load_dataset_argument_errors(tmp_path):
     ],
 )
 def test_check_data_for_likelihood_errors(x, likelihood, match):
-    with pytest.raises(ValueError, match=rf"^dataset.path=/x.npy: .*{match}"):
+    with pytest.raises(DataError, match=rf"^dataset.path=/x.npy: .*{match}"):
         check_data_for_likelihood(x, likelihood, "dataset.path=/x.npy")
 
 

@@ -1,0 +1,518 @@
+"""The datasets of the AEVB paper (Kingma & Welling 2013, section 5) and the user's own arrays.
+
+``load_dataset`` returns a :class:`Dataset`: float32 ``[N, D]`` train and test tensors with values
+in ``[0, 1]``. Built-in datasets, each looked for under a data directory
+(see :func:`resolve_data_dir`) and verified against known checksums before use
+(:mod:`.download`, which also fetches missing files when ``download=True``):
+
+- ``"mnist"``: ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``, torchvision's
+  layout, so a copy torchvision downloaded is reused (its uncompressed files are accepted too).
+- ``"frey_face"``: ``FreyFace/frey_rawface.mat`` (Roweis' file, variable ``ff``).
+- ``"binarized_mnist"``: ``BinarizedMNIST/binarized_mnist.npz``, Larochelle & Murray's fixed
+  binarisation, bit-packed; built from their three ``.amat`` text files when absent.
+- ``"array"``: the user's own ``.npy`` / ``.npz`` / ``.pt`` file.
+
+Errors (from :mod:`pyro_vae.errors`): :class:`ArgumentError` for a refused argument,
+:class:`DataNotFoundError` for absent files, :class:`ChecksumError` for a present file that is not
+the known one, :class:`DataError` for any other data that cannot be used; each names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import math
+import os
+import pickle
+import struct
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+
+from ..atomic import atomic_write
+from ..errors import ArgumentError, ChecksumError, DataError, DataNotFoundError, refuse
+from .download import MIRROR_ENV, MIRRORS, mirror_list, obtain, verify_bytes, verify_file
+
+DATA_DIR_ENV = "PYRO_VAE_DATA_DIR"
+DATASET_NAMES = ("mnist", "frey_face", "binarized_mnist", "array")
+FREY_FACE_TEST_SIZE = 200
+
+_IDX_IMAGES, _IDX_LABELS = 2051, 2049
+_MNIST_PIXELS = 784
+_BINARIZED_SPLITS = ("train", "valid", "test")
+# the last line of the message when a built-in dataset's files are absent
+_ADVICE = (
+    f"Set data_dir=... or ${DATA_DIR_ENV} to a directory that holds them "
+    f"(or ${MIRROR_ENV} to a base URL serving them)."
+)
+
+
+@dataclass
+class Dataset:
+    """An in-memory dataset: rows are data points, flattened images in row-major order."""
+
+    name: str
+    train: torch.Tensor  # float32 [N, D] in [0, 1]
+    test: torch.Tensor  # float32 [N_test, D]
+    image_shape: tuple[int, int] | None  # (height, width) for plots; None when unknown
+    binary: bool  # the stored values are exactly 0/1, so dynamic binarisation changes nothing
+    source: str  # the files it was read from
+    valid: torch.Tensor | None = None  # binarized_mnist's 10000-point validation split
+    train_labels: torch.Tensor | None = None  # int64 digit classes (MNIST), for plots only
+    test_labels: torch.Tensor | None = None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
+    """The data directory: ``data_dir`` if given (not None or empty), else ``$PYRO_VAE_DATA_DIR``
+    if set, else ``./data`` relative to the current directory; ``~`` expanded, made absolute.
+
+    Raises :class:`ArgumentError` for a ``~user`` whose home directory is unknown."""
+    for key, candidate in (
+        ("data_dir", data_dir),
+        (f"${DATA_DIR_ENV}", os.environ.get(DATA_DIR_ENV)),
+    ):
+        if candidate is not None and str(candidate) != "":
+            return _expand(key, candidate).absolute()
+    return Path("data").absolute()
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    train_size: int | None = None,
+    path: str | os.PathLike[str] | None = None,
+    test_path: str | os.PathLike[str] | None = None,
+    test_fraction: float = 0.1,
+    image_shape: Sequence[int] | None = None,
+    mirrors: Sequence[str] | None = None,
+) -> Dataset:
+    """Load one of :data:`DATASET_NAMES`.
+
+    Built-in datasets (``data_dir``, ``download``, ``mirrors`` apply):
+
+    - ``"mnist"``: 60000 train / 10000 test images, 28x28, grey levels / 255. Labels are loaded
+      into ``train_labels`` / ``test_labels`` when their files are present.
+    - ``"frey_face"``: 1965 images of 28x20, grey levels / 255. Split: the last 200 indices of
+      ``numpy.random.RandomState(0).permutation(1965)`` are the test set, the other 1765 (in
+      that permuted order) the training set. The legacy ``RandomState`` stream is stable across
+      numpy versions, so the split is too.
+    - ``"binarized_mnist"``: Larochelle & Murray's fixed binarisation, 50000 train / 10000 test,
+      values exactly 0/1 (``binary=True``); the 10000 validation points are in ``valid``.
+
+    ``"array"`` reads ``path`` (``.npy``; ``.npz`` holding one array or the key ``"x"`` or
+    ``"train"``; ``.pt`` holding a tensor or a dict with one of those keys). ``[N, D]`` is used
+    as is, ``[N, H, W]`` is flattened with ``image_shape=(H, W)``. Integer data with values in
+    ``0..255`` and a maximum above 1 are taken as 8-bit grey levels and divided by 255; anything
+    else is converted to float32 unchanged. The test set is read from ``test_path`` (whose
+    preferred keys are ``"x"`` and ``"test"``, so one ``.npz`` with ``train`` and ``test`` may
+    serve as both) or else split off: the last ``round(test_fraction * N)`` (at least 1) indices
+    of ``numpy.random.RandomState(0).permutation(N)``; the rest, in permuted order, is the
+    training set. ``image_shape`` is the argument if given, else ``(H, W)`` of 3-D data, else a
+    square if D is a perfect square, else None.
+
+    ``train_size`` keeps the first ``train_size`` training points (Figure 3 of the paper uses
+    1000 to show overfitting).
+
+    Raises :class:`ArgumentError` for an unknown ``name``, ``path`` missing for ``"array"`` or
+    given for a built-in dataset, ``train_size``, ``test_fraction`` or ``image_shape`` out of
+    range; :class:`DataNotFoundError` (also a ``FileNotFoundError``) for absent files that
+    could not be downloaded; :class:`ChecksumError` for a present file that is not the known
+    one; :class:`DataError` for any other file that cannot be used (unreadable, wrong shape,
+    empty, NaN or Inf).
+    """
+    if name not in DATASET_NAMES:
+        raise refuse("name", name, f"a dataset name, one of {', '.join(DATASET_NAMES)}")
+    if name == "array":
+        if path is None:
+            raise refuse("path", None, "a .npy, .npz or .pt file, which name='array' reads")
+        dataset = _load_array(path, test_path, test_fraction, image_shape)
+    else:
+        given = {"path": path, "test_path": test_path, "image_shape": image_shape}
+        misplaced = [key for key, value in given.items() if value is not None]
+        if misplaced:
+            several = len(misplaced) > 1
+            raise ArgumentError(
+                f"{', '.join(misplaced)} only {'apply' if several else 'applies'} to "
+                f"name='array', not {name!r}; leave {'them' if several else 'it'} unset"
+            )
+        urls = mirror_list(MIRRORS[name] if mirrors is None else mirrors)
+        loader = {
+            "mnist": _load_mnist,
+            "frey_face": _load_frey_face,
+            "binarized_mnist": _load_binarized_mnist,
+        }[name]
+        dataset = loader(resolve_data_dir(data_dir), urls, download)
+
+    if train_size is None:
+        return dataset
+    n = dataset.train.shape[0]
+    if not 1 <= train_size <= n:
+        raise refuse("train_size", train_size, f"1..{n}, the size of {name}'s training set")
+    labels = dataset.train_labels
+    # clone so the full training set's memory is released
+    return replace(
+        dataset,
+        train=dataset.train[:train_size].clone(),
+        train_labels=None if labels is None else labels[:train_size].clone(),
+    )
+
+
+def check_data_for_likelihood(x: torch.Tensor, likelihood: str | None, where: str) -> None:
+    """Raise a :class:`DataError`, naming ``where`` (e.g. ``"dataset.path=/x.npy"``), unless ``x``
+    is a non-empty 2-D ``[N, D]`` tensor of finite values, and for the ``"bernoulli"`` and
+    ``"gaussian"`` likelihoods inside [0, 1], the range of their sigmoid decoder means.
+    ``likelihood=None`` checks the shape and finiteness only."""
+    if x.ndim != 2:
+        raise DataError(f"{where}: expected [N, D] data, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise DataError(f"{where}: the data are empty (shape {tuple(x.shape)})")
+    non_finite = int((~torch.isfinite(x)).sum())
+    if non_finite:
+        raise DataError(f"{where}: {non_finite} of {x.numel()} values are NaN or Inf")
+    if likelihood in ("bernoulli", "gaussian"):
+        outside = int(((x < 0) | (x > 1)).sum())
+        if outside:
+            raise DataError(
+                f"{where}: the {likelihood} likelihood needs values in [0, 1] (its decoder mean "
+                f"is a sigmoid), but {outside} of {x.numel()} values are outside "
+                f"(min {x.min().item():.4g}, max {x.max().item():.4g}); rescale the data"
+            )
+
+
+def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
+    """Read an idx file of unsigned bytes (LeCun's MNIST format; gzip-compressed if the name ends
+    in ``.gz``), checking its magic number (2051 images, 2049 labels) and its length.
+
+    Raises :class:`DataError` for a file that cannot be read, is not a complete gzip file, has
+    another magic number or another length than its header implies."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error})") from error
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise DataError(f"{path} is not a complete gzip file ({error})") from error
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found != magic:
+        raise DataError(f"{path} is not the expected kind of idx file: magic {found}, not {magic}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than its header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + math.prod(shape)
+    if len(data) != expected:
+        raise DataError(
+            f"{path} has {len(data)} bytes but its header {shape} implies {expected} (truncated?)"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+# --- built-in datasets ---------------------------------------------------------------------
+
+
+def _load_mnist(data_dir: Path, urls: list[str], download: bool) -> Dataset:
+    raw = data_dir / "MNIST" / "raw"
+    stems = {
+        "train": "train-images-idx3-ubyte",
+        "test": "t10k-images-idx3-ubyte",
+        "train_labels": "train-labels-idx1-ubyte",
+        "test_labels": "t10k-labels-idx1-ubyte",
+    }
+
+    def present(stem: str) -> Path | None:
+        return next((p for p in (raw / f"{stem}.gz", raw / stem) if p.is_file()), None)
+
+    if present(stems["train"]) is None or present(stems["test"]) is None:
+        # a fresh download fetches the labels too, but missing labels alone trigger nothing:
+        # they are only used for plots
+        missing = [f"{stem}.gz" for stem in stems.values() if present(stem) is None]
+        note = "Uncompressed copies (same names without .gz) work too; labels are optional."
+        obtain(raw, missing, urls, download, "MNIST", note, _ADVICE)
+
+    arrays: dict[str, torch.Tensor | None] = {}
+    sources = []
+    for key, stem in stems.items():
+        file = present(stem)
+        if file is None:
+            arrays[key] = None
+            continue
+        verify_file(file)
+        sources.append(str(file))
+        if key.endswith("labels"):
+            arrays[key] = torch.from_numpy(read_idx(file, _IDX_LABELS).astype(np.int64))
+        else:
+            images = read_idx(file, _IDX_IMAGES)
+            if images.shape[1:] != (28, 28):
+                raise DataError(f"{file}: expected 28x28 images, got {images.shape[1:]}")
+            arrays[key] = _grey_levels(images)
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        if labels is not None and len(labels) != len(arrays[split]):
+            raise DataError(f"MNIST {split}: {len(labels)} labels for {len(arrays[split])} images")
+    return Dataset(
+        name="mnist",
+        train=arrays["train"],
+        test=arrays["test"],
+        image_shape=(28, 28),
+        binary=False,
+        source=", ".join(sources),
+        train_labels=arrays["train_labels"],
+        test_labels=arrays["test_labels"],
+    )
+
+
+def _load_frey_face(data_dir: Path, urls: list[str], download: bool) -> Dataset:
+    directory = data_dir / "FreyFace"
+    file = directory / "frey_rawface.mat"
+    if not file.is_file():
+        obtain(directory, [file.name], urls, download, "Frey Face", advice=_ADVICE)
+    verify_file(file)
+    try:
+        ff = scipy.io.loadmat(file, variable_names=["ff"]).get("ff")
+    except (OSError, ValueError, TypeError, scipy.io.matlab.MatReadError) as error:
+        raise DataError(f"{file} could not be read as a MATLAB file ({error})") from error
+    if ff is None or ff.ndim != 2 or ff.shape[0] != 28 * 20 or ff.shape[1] <= FREY_FACE_TEST_SIZE:
+        shape = None if ff is None else ff.shape
+        raise DataError(
+            f"{file}: expected a variable 'ff' of shape (560, N > {FREY_FACE_TEST_SIZE}), "
+            f"one 28x20 image per column; found {shape}"
+        )
+    faces = ff.T
+    train_idx, test_idx = _split(len(faces), FREY_FACE_TEST_SIZE)
+    return Dataset(
+        name="frey_face",
+        train=_grey_levels(faces[train_idx]),
+        test=_grey_levels(faces[test_idx]),
+        image_shape=(28, 20),
+        binary=False,
+        source=str(file),
+    )
+
+
+def _load_binarized_mnist(data_dir: Path, urls: list[str], download: bool) -> Dataset:
+    directory = data_dir / "BinarizedMNIST"
+    npz = directory / "binarized_mnist.npz"
+    if not npz.is_file():
+        names = [f"binarized_mnist_{split}.amat" for split in _BINARIZED_SPLITS]
+        # .amat files already there are verified and used, never downloaded over
+        missing = [name for name in names if not (directory / name).is_file()]
+        downloaded: list[Path] = []
+        if missing:
+            note = f"Alternatively {npz.name}, which is written from them on first use."
+            downloaded = obtain(
+                directory, missing, urls, download, "Binarized MNIST", note, _ADVICE
+            )
+        packed = {}
+        for split, name in zip(_BINARIZED_SPLITS, names, strict=True):
+            verify_file(directory / name)
+            packed[split] = np.packbits(_read_amat(directory / name), axis=1)
+        _write_npz(npz, packed)
+        # the npz holds the same bits in a 30th of the space
+        for file in downloaded:
+            file.unlink()
+
+    bits_of = {}
+    try:
+        with np.load(npz, allow_pickle=False) as archive:
+            for split in _BINARIZED_SPLITS:
+                if split in archive.files:
+                    bits_of[split] = np.unpackbits(archive[split], axis=1)
+    except (OSError, EOFError, ValueError, TypeError, zipfile.BadZipFile) as error:
+        raise DataError(f"{npz} could not be read ({error}); delete it to rebuild it") from error
+    splits = {}
+    for split in _BINARIZED_SPLITS:
+        if split not in bits_of:
+            raise ChecksumError(f"{npz} has no array {split!r}; delete it to rebuild it")
+        bits = bits_of[split]
+        verify_bytes(bits.tobytes(), f"{npz.name}:{split}", f"{npz} (array {split!r})")
+        splits[split] = torch.from_numpy(bits).to(torch.float32)
+    return Dataset(
+        name="binarized_mnist",
+        train=splits["train"],
+        test=splits["test"],
+        image_shape=(28, 28),
+        binary=True,
+        source=str(npz),
+        valid=splits["valid"],
+    )
+
+
+def _read_amat(path: Path) -> np.ndarray:
+    """Parse a Larochelle ``.amat`` file: one row per line of 784 space-separated 0/1."""
+    text = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    bits = text[(text == ord("0")) | (text == ord("1"))] - ord("0")
+    rows = int(np.count_nonzero(text == ord("\n")))
+    if rows == 0 or bits.size != rows * _MNIST_PIXELS:
+        raise DataError(
+            f"{path}: expected lines of {_MNIST_PIXELS} 0/1 values, found {bits.size} values "
+            f"on {rows} lines"
+        )
+    return bits.reshape(rows, _MNIST_PIXELS)
+
+
+def _write_npz(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    # compressed in memory (about 10 MB), then written atomically: an interrupted write never
+    # leaves a half npz that looks complete
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write(target, buffer.getvalue())
+
+
+# --- the user's own array ------------------------------------------------------------------
+
+
+def _load_array(
+    path: str | os.PathLike[str],
+    test_path: str | os.PathLike[str] | None,
+    test_fraction: float,
+    image_shape: Sequence[int] | None,
+) -> Dataset:
+    file = _expand("path", path)
+    x, inferred_shape = _read_array_file(file, role="train")
+    if test_path is None:
+        if not 0 < test_fraction < 1:
+            raise refuse("test_fraction", test_fraction, "a fraction in (0, 1)")
+        n_test = max(1, round(test_fraction * len(x)))
+        if n_test >= len(x):
+            raise DataError(
+                f"{file}: {len(x)} points leave none to train on with test_fraction={test_fraction}"
+            )
+        train_idx, test_idx = _split(len(x), n_test)
+        train, test = x[train_idx], x[test_idx]
+        source = str(file)
+    else:
+        test_file = _expand("test_path", test_path)
+        train, (test, _) = x, _read_array_file(test_file, role="test")
+        if test.shape[1] != train.shape[1]:
+            raise DataError(
+                f"{test_file} has D={test.shape[1]} values per point, {file} has D={train.shape[1]}"
+            )
+        source = f"{file} (test: {test_file})"
+
+    d = train.shape[1]
+    if image_shape is not None:
+        shape = _image_shape(image_shape, d)
+    elif inferred_shape is not None:
+        shape = inferred_shape
+    else:
+        side = math.isqrt(d)
+        shape = (side, side) if side * side == d else None
+    binary = bool(torch.all((train == 0) | (train == 1)) and torch.all((test == 0) | (test == 1)))
+    return Dataset(
+        name="array", train=train, test=test, image_shape=shape, binary=binary, source=source
+    )
+
+
+def _image_shape(image_shape: Sequence[int], d: int) -> tuple[int, int]:
+    """``image_shape`` as ``(height, width)``, refused unless it holds D pixels."""
+    try:
+        shape = tuple(int(s) for s in image_shape)
+    except (TypeError, ValueError):  # not a sequence, or not of integers
+        shape = ()
+    if len(shape) != 2 or min(shape) < 1 or math.prod(shape) != d:
+        shown = list(image_shape) if isinstance(image_shape, Sequence) else image_shape
+        raise refuse("image_shape", shown, f"[height, width] with height * width = D={d} pixels")
+    return shape  # type: ignore[return-value]  # two ints, checked above
+
+
+def _read_array_file(file: Path, role: str) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """The float32 ``[N, D]`` data in ``file`` and, for ``[N, H, W]`` input, ``(H, W)``."""
+    if not file.is_file():
+        raise DataNotFoundError(f"dataset file {file} does not exist")
+    suffix = file.suffix.lower()
+    if suffix not in (".npy", ".npz", ".pt"):
+        raise DataError(f"{file}: unknown extension {suffix!r}; use .npy, .npz or .pt")
+    try:
+        if suffix in (".npy", ".npz"):
+            # np.load goes by the content, not the name: accept what it finds
+            loaded = np.load(file, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded as archive:
+                    a = archive[_pick_key(archive.files, file, role)]
+            else:
+                a = loaded
+        else:
+            obj = torch.load(file, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = obj[_pick_key(list(obj), file, role)]
+            if not isinstance(obj, torch.Tensor):
+                raise DataError(f"{file} holds a {type(obj).__name__}, not a tensor")
+            a = obj.detach().numpy()
+    except DataError:  # one of ours above, already clear
+        raise
+    except (
+        EOFError,
+        OSError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        zipfile.BadZipFile,
+        pickle.PickleError,
+    ) as e:
+        # numpy and torch say what is wrong but not with which file (empty, truncated,
+        # not an array file, pickled objects)
+        raise DataError(f"dataset file {file} could not be read as {suffix} ({e})") from e
+
+    if not isinstance(a, np.ndarray):  # a memory-mapped or otherwise odd object from np.load
+        raise DataError(f"{file} holds a {type(a).__name__}, not an array")
+    if a.ndim not in (2, 3):
+        raise DataError(f"{file}: expected [N, D] or [N, H, W] data, got shape {a.shape}")
+    if a.size == 0:
+        raise DataError(f"{file}: the data are empty (shape {a.shape})")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
+        raise DataError(f"{file}: expected real numbers, got dtype {a.dtype}")
+    inferred_shape = (a.shape[1], a.shape[2]) if a.ndim == 3 else None
+    a = a.reshape(a.shape[0], -1)
+    if np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and 1 < a.max() <= 255:
+        x = _grey_levels(a)
+    else:
+        x = torch.tensor(a, dtype=torch.float32)
+    check_data_for_likelihood(x, None, where=f"dataset file {file}")
+    return x, inferred_shape
+
+
+def _pick_key(keys: Sequence[str], file: Path, role: str) -> str:
+    if len(keys) == 1:
+        return keys[0]
+    for key in ("x", role):
+        if key in keys:
+            return key
+    raise DataError(
+        f"{file} holds several arrays {sorted(keys)}; keep one or name it 'x' or {role!r}"
+    )
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+
+def _expand(key: str, value: str | os.PathLike[str]) -> Path:
+    """``value`` as a path with ``~`` expanded; :class:`ArgumentError` naming ``key`` if the
+    home directory it names is unknown."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError as error:  # ~nosuchuser/...
+        raise refuse(key, str(value), f"a path whose ~user is known ({error})") from error
+
+
+def _grey_levels(images: np.ndarray) -> torch.Tensor:
+    """8-bit images ``[N, ...]`` as float32 ``[N, D]`` in [0, 1]."""
+    # torch.tensor copies, so read-only numpy buffers (np.frombuffer) are fine
+    return torch.tensor(images.reshape(len(images), -1)).to(torch.float32).div_(255)
+
+
+def _split(n: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    # the legacy RandomState stream is frozen by numpy's compatibility policy
+    order = np.random.RandomState(0).permutation(n)
+    return order[:-n_test], order[-n_test:]
