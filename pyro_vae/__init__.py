@@ -1,3 +1,127 @@
-"""Auto-Encoding Variational Bayes (Kingma & Welling 2013) in Pyro."""
+"""Auto-Encoding Variational Bayes (Kingma & Welling 2013) in Pyro.
+
+The Python API, with plain arguments (no Hydra, no OmegaConf)::
+
+    import pyro_vae
+
+    vae = pyro_vae.VAE.mlp(x_dim=784, latent_dim=20)          # or VAE(encoder, decoder, prior)
+    elbo = pyro_vae.build_estimator("stl", num_particles=5)   # an ELBO that pyro.infer.SVI takes
+    summary = pyro_vae.train(vae, x, "runs/mine", test=x_test, estimator="stl", epochs=5)
+    pyro_vae.evaluate(vae, x_test, num_samples=1000)          # ELBO and importance-sampled log p(x)
+    loaded = pyro_vae.load_run("runs/mine")                   # the model back, at a checkpoint
+
+The command line (``pyro-vae train key=value ...``, :mod:`pyro_vae.config`) is a thin
+layer that turns a configuration into these same objects.
+"""
 
 __version__ = "0.1.0"
+
+from .data import Dataset, Minibatches, RunData, load_dataset, tensor_dataset
+from .errors import (
+    ArgumentError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    EstimatorError,
+    NonFiniteError,
+    PyroVAEError,
+    RunDirError,
+    TrainingError,
+    TrainingInterrupted,
+)
+from .estimators import ESTIMATORS, build_estimator
+from .evaluate import evaluate, importance_log_likelihood, mean_elbo
+from .likelihoods import Bernoulli, Gaussian, Likelihood
+from .marginal import appendix_d_log_likelihood
+from .methods import AEVB, MCEM, METHODS, WakeSleep, build_method
+from .model import VAE
+from .networks import BernoulliDecoder, GaussianDecoder, GaussianEncoder
+from .optim import build_optimizer, optimizer_factory
+from .plots import plot_figures
+from .priors import (
+    Factorized,
+    MixtureOfGaussians,
+    Prior,
+    StandardNormal,
+    VampPrior,
+    build_prior,
+)
+from .runs import LoadedRun, evaluate_run, load_data, load_run, plot_run
+from .training import Callback, RunDir, Trainer, TrainingPosition, train
+
+# The variance lab and run comparison: loaded on first use.
+_LAZY = {
+    "compare_runs": "compare",
+    "estimator_variance": "variance",
+    "gradient_statistics": "variance",
+    "variance_lab": "variance",
+    "write_report": "variance",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AEVB",
+    "ESTIMATORS",
+    "MCEM",
+    "METHODS",
+    "VAE",
+    "ArgumentError",
+    "Bernoulli",
+    "BernoulliDecoder",
+    "Callback",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "Dataset",
+    "EstimatorError",
+    "Factorized",
+    "Gaussian",
+    "GaussianDecoder",
+    "GaussianEncoder",
+    "Likelihood",
+    "LoadedRun",
+    "Minibatches",
+    "MixtureOfGaussians",
+    "NonFiniteError",
+    "Prior",
+    "PyroVAEError",
+    "RunData",
+    "RunDir",
+    "RunDirError",
+    "StandardNormal",
+    "Trainer",
+    "TrainingError",
+    "TrainingInterrupted",
+    "TrainingPosition",
+    "VampPrior",
+    "WakeSleep",
+    "__version__",
+    "appendix_d_log_likelihood",
+    "build_estimator",
+    "build_method",
+    "build_optimizer",
+    "build_prior",
+    "evaluate",
+    "evaluate_run",
+    "importance_log_likelihood",
+    "load_data",
+    "load_dataset",
+    "load_run",
+    "mean_elbo",
+    "optimizer_factory",
+    "plot_figures",
+    "plot_run",
+    "tensor_dataset",
+    "train",
+    *_LAZY,
+]

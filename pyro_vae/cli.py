@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .rundir import RunDirError
+from tqdm import tqdm
+
+from .errors import ConfigError, PyroVAEError, TrainingError, TrainingInterrupted
 
 USAGE = """usage: pyro-vae COMMAND [ARGS]
 
@@ -48,13 +50,31 @@ examples:
 """
 
 # Errors a user can fix from the message alone: printed without a traceback (exit code 2).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    RunDirError,
-    FileNotFoundError,
-    ValueError,
-    OSError,  # a full disk, a run_dir without write permission: the message names the file
-)
+# Anything else is a bug, and shows its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (PyroVAEError,)
+
+
+class _TqdmHandler(logging.Handler):
+    """Messages to stderr through tqdm, so they do not break a progress bar; warnings start
+    with ``warning: `` (unless logged with ``extra={"plain": True}``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.WARNING and not getattr(record, "plain", False):
+                message = "warning: " + message
+            tqdm.write(message, file=sys.stderr)
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """The package's messages (``pyro_vae.*`` loggers) on stderr, one line each."""
+    logger = logging.getLogger("pyro_vae")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        logger.addHandler(_TqdmHandler())
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def parse_key_values(
@@ -89,13 +109,12 @@ def cmd_train(args: Sequence[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from .config import check_overrides
-    from .train import TrainingError, TrainingInterrupted, run_training
+    from .config import check_overrides, run_training
 
     check_overrides(args)  # before Hydra creates a run directory
     status = {"code": 0}
 
-    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    @hydra.main(config_path="config/conf", config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
@@ -103,14 +122,14 @@ def cmd_train(args: Sequence[str]) -> int:
         where = f"{run_dir}: " if hc.mode == RunMode.MULTIRUN else ""
         try:
             summary = run_training(cfg, run_dir, list(hc.overrides.task))
+        except TrainingError as e:
+            print(f"error: {where}{e}", file=sys.stderr)
+            status["code"] = max(status["code"], 1)
+            return
         except USER_ERRORS as e:
             _remove_if_empty(run_dir)
             print(f"error: {where}{e}", file=sys.stderr)
             status["code"] = 2
-            return
-        except TrainingError as e:
-            print(f"error: {where}{e}", file=sys.stderr)
-            status["code"] = max(status["code"], 1)
             return
         _report(run_dir, summary)
 
@@ -141,7 +160,7 @@ def _report(run_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def cmd_evaluate(args: Sequence[str]) -> int:
-    from .evaluate import evaluate_run
+    from .runs import evaluate_run
 
     run_dir, rest = _split_run_dir(args, "evaluate")
     opts = parse_key_values(
@@ -158,7 +177,7 @@ def cmd_evaluate(args: Sequence[str]) -> int:
 
 
 def cmd_plot(args: Sequence[str]) -> int:
-    from .plots import plot_run
+    from .runs import plot_run
 
     run_dir, rest = _split_run_dir(args, "plot")
     opts = parse_key_values(rest, {"checkpoint": str}, "plot")
@@ -185,7 +204,9 @@ def cmd_variance(args: Sequence[str]) -> int:
     from .variance import VARIANCE_KEYS, run_variance
 
     run_dir, rest = _split_run_dir(args, "variance")
-    for path in run_variance(run_dir, **parse_key_values(rest, VARIANCE_KEYS, "variance")):
+    table, paths = run_variance(run_dir, **parse_key_values(rest, VARIANCE_KEYS, "variance"))
+    print(table)
+    for path in paths:
         print(path)
     return 0
 
@@ -213,8 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command != "train" and rest and rest[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    configure_logging()
     try:
         return COMMANDS[command](rest)
+    except TrainingInterrupted as e:
+        return e.exit_code
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 
-from .rundir import CONFIG_FILE, RunDir, RunDirError
+from .atomic import atomic_write
+from .errors import RunDirError
+from .plots import save_figure
+from .training.rundir import CONFIG_FILE, RunDir
 
 # Keys that say where or how a run was executed, not what was trained.
 _NOT_EXPERIMENT = frozenset(
@@ -81,7 +84,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[RunRecord]:
     records = []
     for path in paths:
         run = RunDir(path)
-        config = _flatten(OmegaConf.to_container(run.config(), resolve=False))
+        config = _flatten(run.config())
         records.append(RunRecord(run.path, config, run.summary(), run.metrics()))
     return records
 
@@ -129,12 +132,14 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    """``rows`` as a CSV file (columns: every key, in order of first appearance), atomically."""
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\r\n"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, out.getvalue())
 
 
 def plot_curves(
@@ -168,6 +173,5 @@ def compare_runs(patterns: Sequence[str], out: str | Path = "compare.png") -> tu
     plot_curves(ax, records, [run_label(r, keys) for r in records])
     ax.set_title("test (solid) and train (dashed) lower bound", fontsize=10)
     ax.legend(fontsize=7)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100, bbox_inches="tight")
+    save_figure(fig, out)
     return format_table(rows), out

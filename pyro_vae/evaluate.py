@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from .experiment import load_run
+from .errors import refuse
 from .model import VAE
-from .rundir import LAST_CHECKPOINT
 
 # Elements of the largest [K, M, D] tensor evaluated at once: 8 MB in float32. Chunks this
 # small stay in the CPU's caches, and their temporaries stay under glibc's mmap threshold
@@ -48,9 +47,9 @@ def importance_log_likelihood(
     Points are processed in chunks so that the [K, M, D] decoder output stays under
     ``max_elements``; all K samples of a point are drawn in one vectorised pass.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r} must be >= 1")
-    width = max([x.shape[1], *vae.hidden_dims])
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise refuse("num_samples", num_samples, "an integer >= 1")
+    width = _widest_layer(vae.decoder, x.shape[1])
     points = max(1, max_elements // (num_samples * width))
     out = []
     for s in _chunks(x.shape[0], points):
@@ -59,30 +58,26 @@ def importance_log_likelihood(
     return torch.cat(out)
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    num_samples: int | None = None,
-    checkpoint: str = LAST_CHECKPOINT,
-    device: str | None = None,
-    seed: int = 0,
+def _widest_layer(decoder: nn.Module, x_dim: int) -> int:
+    """The widest activation per sample the decoder makes: its widest linear layer, or D."""
+    widths = [m.out_features for m in decoder.modules() if isinstance(m, nn.Linear)]
+    return max([x_dim, *widths])
+
+
+def evaluate(
+    vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
-    """Test ELBO and importance-sampled log p(x) of a run; written into its summary.json."""
-    loaded = load_run(run_dir, checkpoint=checkpoint, device=device)
-    cfg = loaded.cfg
-    k = int(num_samples or cfg.eval_num_samples)
-    test = loaded.data().test
+    """Mean ELBO and importance-sampled log p(x) (K = ``num_samples``, with its standard
+    error) of ``vae`` on ``x`` [N, D], from the random state ``seed``."""
     torch.manual_seed(seed)
     start = time.perf_counter()
-    elbo = mean_elbo(loaded.vae, test, cfg.eval_batch_size)
-    ll = importance_log_likelihood(loaded.vae, test, k)
+    elbo = mean_elbo(vae, x, batch_size)
+    ll = importance_log_likelihood(vae, x, num_samples)
     seconds = time.perf_counter() - start
-    result = {
+    return {
         "test_elbo": elbo,
         "test_log_likelihood": ll.mean().item(),
         "test_log_likelihood_se": (ll.std() / math.sqrt(ll.numel())).item(),
-        "importance_samples": k,
-        "evaluated_checkpoint": checkpoint,
+        "importance_samples": num_samples,
         "evaluation_seconds": round(seconds, 2),
     }
-    loaded.run.update_summary(**result)
-    return result

@@ -33,8 +33,8 @@ def direct_bound(vae: VAE, x: torch.Tensor, estimator: str, num_particles: int =
     if kind == "A":
         per_point = vae.log_weights(x, num_particles).mean(0)
     else:
-        q = vae.encoder.distribution(x)
+        q = vae.encode(x)
         z = q.rsample((num_particles,))
-        log_px_z = vae.decoder.distribution(z).log_prob(x).mean(0)
+        log_px_z = vae.decode(z).log_prob(x).mean(0)
         per_point = log_px_z - analytic_kl(q, vae.prior())
     return vae.data_scale(x.shape[0]) * per_point.sum()

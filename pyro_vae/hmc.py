@@ -34,7 +34,7 @@ def log_joint(vae: VAE, x: torch.Tensor) -> LogDensity:
     """
 
     def fn(z: torch.Tensor) -> torch.Tensor:
-        return vae.prior().log_prob(z) + vae.decoder.distribution(z).log_prob(x)
+        return vae.prior().log_prob(z) + vae.decode(z).log_prob(x)
 
     return fn
 

@@ -100,6 +100,6 @@ def appendix_d_log_likelihood(
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         with torch.no_grad():
-            z_init = vae.encoder.distribution(xb).sample((num_chains,))
+            z_init = vae.encode(xb).sample((num_chains,))
         out.append(hmc_marginal_log_likelihood(log_joint(vae, xb), z_init, **kwargs).detach())
     return torch.cat(out)

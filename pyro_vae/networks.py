@@ -1,7 +1,10 @@
 """The paper's MLPs (appendix C): a Gaussian encoder and Bernoulli or Gaussian decoders.
 
 All are plain ``torch.nn.Module`` objects; :class:`pyro_vae.model.VAE` registers them
-with ``pyro.module`` in its model and guide, so Pyro sees their parameters.
+with ``pyro.module`` in its model and guide, so Pyro sees their parameters. The encoder
+returns the Gaussian's (loc, scale), as in Pyro's VAE example; a decoder returns what its
+likelihood (:mod:`pyro_vae.likelihoods`) takes: logits for the Bernoulli, (mean, log
+variance) for the Gaussian. A user's own networks follow the same conventions.
 """
 
 from __future__ import annotations
@@ -9,25 +12,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import refuse
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "softplus": nn.Softplus,
 }
-LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def mlp_trunk(in_dim: int, hidden_dims: Sequence[int], activation: str) -> nn.Sequential:
     """Hidden layers ``h = act(W x + b)``; an empty ``hidden_dims`` gives the identity."""
-    try:
-        act = ACTIVATIONS[activation]
-    except KeyError:
-        raise ValueError(f"activation={activation!r} is not one of {sorted(ACTIVATIONS)}") from None
+    if activation not in ACTIVATIONS:
+        raise refuse("activation", activation, f"one of {sorted(ACTIVATIONS)}")
+    act = ACTIVATIONS[activation]
     layers: list[nn.Module] = []
     for width in hidden_dims:
         layers += [nn.Linear(in_dim, width), act()]
@@ -56,17 +58,10 @@ class GaussianEncoder(nn.Module):
         h = self.trunk(x)
         return self.loc(h), torch.exp(0.5 * self.log_var(h))
 
-    def distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
-        loc, scale = self(x)
-        return dist.Normal(loc, scale).to_event(1)
-
 
 class BernoulliDecoder(nn.Module):
-    """p_theta(x|z) = Bernoulli(y), y = sigmoid(W2 tanh(W1 z + b1) + b2), through logits.
-
-    The log-density is evaluated from the logits (binary cross-entropy with logits),
-    which stays finite where sigmoid(logits) rounds to 0 or 1.
-    """
+    """The logits W2 tanh(W1 z + b1) + b2 of p_theta(x|z) = Bernoulli(sigmoid(logits))
+    (appendix C.1; :class:`~pyro_vae.likelihoods.Bernoulli` turns them into p(x|z))."""
 
     def __init__(self, latent_dim: int, x_dim: int, hidden_dims: Sequence[int], activation: str):
         super().__init__()
@@ -76,17 +71,11 @@ class BernoulliDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(self.trunk(z))
 
-    def distribution(self, z: torch.Tensor) -> dist.TorchDistribution:
-        # validate_args=False: grey-level targets (dataset.binarize=none) are a common
-        # relaxation of the Bernoulli likelihood and must not be refused by the support check.
-        return dist.Bernoulli(logits=self(z), validate_args=False).to_event(1)
-
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self(z))
-
 
 class GaussianDecoder(nn.Module):
-    """p_theta(x|z) = N(mu, diag sigma^2) with mu = sigmoid(W4 h + b4), log sigma^2 = W5 h + b5.
+    """(mu, log sigma^2) of p_theta(x|z) = N(mu, diag sigma^2): mu = sigmoid(W4 h + b4),
+    log sigma^2 = W5 h + b5 (appendix C.2; :class:`~pyro_vae.likelihoods.Gaussian` makes
+    the distribution).
 
     The sigmoid keeps the mean in (0, 1) as for the paper's Frey Face decoder. The
     variance is softly floored at ``min_var``: ``log sigma^2 = m + softplus(raw - m)``
@@ -106,7 +95,7 @@ class GaussianDecoder(nn.Module):
     ):
         super().__init__()
         if not min_var > 0:
-            raise ValueError(f"decoder_min_var={min_var!r} must be > 0")
+            raise refuse("decoder_min_var", min_var, "a number > 0")
         self.trunk = mlp_trunk(latent_dim, hidden_dims, activation)
         self.loc = nn.Linear(_out_dim(latent_dim, hidden_dims), x_dim)
         self.log_var = nn.Linear(_out_dim(latent_dim, hidden_dims), x_dim)
@@ -118,13 +107,6 @@ class GaussianDecoder(nn.Module):
         raw = self.log_var(h)
         log_var = self.min_log_var + F.softplus(raw - self.min_log_var)
         return torch.sigmoid(self.loc(h)), log_var
-
-    def distribution(self, z: torch.Tensor) -> dist.TorchDistribution:
-        loc, log_var = self(z)
-        return dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1)
-
-    def mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self(z)[0]
 
 
 def build_decoder(
@@ -139,7 +121,12 @@ def build_decoder(
         return BernoulliDecoder(latent_dim, x_dim, hidden_dims, activation)
     if likelihood == "gaussian":
         return GaussianDecoder(latent_dim, x_dim, hidden_dims, activation, min_var)
-    raise ValueError(f"likelihood={likelihood!r} is not one of {list(LIKELIHOODS)}")
+    raise refuse(
+        "likelihood", likelihood, "one of ['bernoulli', 'gaussian'] (the paper's decoders)"
+    )
+
+
+INITS = ("paper", "torch")
 
 
 def init_parameters(module: nn.Module, scheme: str, std: float = 0.01) -> None:
@@ -151,7 +138,7 @@ def init_parameters(module: nn.Module, scheme: str, std: float = 0.01) -> None:
     if scheme == "torch":
         return
     if scheme != "paper":
-        raise ValueError(f"init={scheme!r} is not one of ['paper', 'torch']")
+        raise refuse("init", scheme, f"one of {list(INITS)}")
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, std)

@@ -1,11 +1,15 @@
-"""The paper's pictures for a run: ELBO curves (Figure 2), the 2-D manifold (Figure 4),
-random samples (Figure 5) and reconstructions.
+"""The paper's pictures of a model: ELBO curves (Figure 2), the 2-D manifold (Figure 4),
+random samples (Figure 5), reconstructions and the aggregate posterior.
+
+:func:`plot_figures` draws them all for a model and its data; a run directory's figures
+are :func:`pyro_vae.runs.plot_run`.
 
 Figures are drawn with matplotlib's object API (no pyplot state, no display needed).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,19 +19,22 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .experiment import load_run
+from .atomic import atomic_write
+from .data import RunData
+from .errors import ArgumentError, refuse
 from .model import VAE
 from .priors import prior_quantiles
-from .rundir import LAST_CHECKPOINT, RunDir
 
 FIGURES = ("elbo", "manifold", "samples", "reconstructions", "aggregate_posterior")
 _DPI = 100
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-    return path
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG (format from the suffix), atomically."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=_DPI, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    return atomic_write(path, buf.getvalue())
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> np.ndarray:
@@ -51,7 +58,7 @@ def _show_grid(grid: np.ndarray, title: str, path: Path, scale: int = 2) -> Path
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_elbo_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
@@ -67,7 +74,7 @@ def plot_elbo_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = ""
     ax.set_title(title or "Lower bound", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def latent_grid(vae: VAE, n: int) -> tuple[torch.Tensor, str]:
@@ -140,10 +147,10 @@ def plot_aggregate_posterior(
     encoder disagree (the KL term of the ELBO pays for it). Coloured by ``labels`` if given.
     """
     if vae.latent_dim != 2:
-        raise ValueError(f"the aggregate-posterior plot needs latent_dim=2, got {vae.latent_dim}")
+        raise refuse("latent_dim", vae.latent_dim, "2 for the aggregate-posterior plot")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        z = vae.encoder.distribution(x).sample()
+        z = vae.encode(x).sample()
     prior = vae.prior()
     ends, _ = prior_quantiles(prior, z.new_tensor([0.005, 0.995]))
     lo = torch.minimum(ends[0], z.quantile(0.005, dim=0))
@@ -174,39 +181,42 @@ def plot_aggregate_posterior(
         "over the density of the prior p(z) (shaded)",
         fontsize=10,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def plot_run(
-    run_dir: str | Path, checkpoint: str = LAST_CHECKPOINT, figures: Sequence[str] = FIGURES
+def plot_figures(
+    vae: VAE,
+    data: RunData | None,
+    out_dir: str | Path,
+    metrics: Sequence[dict[str, Any]] = (),
+    figures: Sequence[str] = FIGURES,
+    title: str = "",
+    image_shape: Sequence[int] | None = None,
 ) -> list[Path]:
-    """Write the run's figures into ``<run_dir>/figures``; returns their paths."""
+    """The paper's figures of ``vae`` in ``out_dir``; returns their paths.
+
+    ``elbo`` (from ``metrics``, the rows of metrics.jsonl), and where the data are images
+    (``image_shape``, default the dataset's): ``manifold``, ``samples``, ``reconstructions``
+    (of ``data.test``), and for a 2-D latent space ``aggregate_posterior``.
+    """
     unknown = sorted(set(figures) - set(FIGURES))
     if unknown:
-        raise ValueError(f"figures={unknown} not known; choose from {list(FIGURES)}")
-    run = RunDir(run_dir)
-    out: list[Path] = []
-    name = run.config().dataset.name
-    if "elbo" in figures and run.metrics():
-        title = f"{name}, Nz={run.config().latent_dim}: lower bound per datapoint"
-        out.append(plot_elbo_curves(run.metrics(), run.figure_dir / "elbo.png", title))
-    image_figs = [f for f in figures if f != "elbo"]
-    if not image_figs:
-        return out
-    loaded = load_run(run.path, checkpoint)
-    vae = loaded.vae
-    shape = loaded.meta.get("image_shape")
-    images = [f for f in image_figs if f != "aggregate_posterior"] if shape else []
-    posterior = "aggregate_posterior" in figures and vae.latent_dim == 2
-    data = loaded.data() if posterior or "reconstructions" in images else None
+        raise ArgumentError.refuse("figures", unknown, f"names among {list(FIGURES)}")
+    out_dir, out = Path(out_dir), []
+    if "elbo" in figures and metrics:
+        out.append(plot_elbo_curves(metrics, out_dir / "elbo.png", title))
+    if image_shape is None and data is not None:
+        image_shape = data.dataset.image_shape
+    images = [f for f in figures if f not in ("elbo", "aggregate_posterior")] if image_shape else []
     if "manifold" in images:
-        out.append(plot_manifold(vae, shape, run.figure_dir / "manifold.png"))
+        out.append(plot_manifold(vae, image_shape, out_dir / "manifold.png"))
     if "samples" in images:
-        out.append(plot_samples(vae, shape, run.figure_dir / "samples.png"))
-    if "reconstructions" in images:
-        path = run.figure_dir / "reconstructions.png"
-        out.append(plot_reconstructions(vae, data.test, shape, path))
-    if posterior:
-        path = run.figure_dir / "aggregate_posterior.png"
+        out.append(plot_samples(vae, image_shape, out_dir / "samples.png"))
+    if "reconstructions" in images and data is not None:
+        out.append(
+            plot_reconstructions(vae, data.test, image_shape, out_dir / "reconstructions.png")
+        )
+    if "aggregate_posterior" in figures and vae.latent_dim == 2 and data is not None:
+        path = out_dir / "aggregate_posterior.png"
         out.append(plot_aggregate_posterior(vae, data.test, path, data.dataset.test_labels))
     return out

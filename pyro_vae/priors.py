@@ -1,4 +1,4 @@
-"""Priors p(z), chosen by configuration (``prior=...``).
+"""Priors p(z): objects a VAE takes, built from a specification when chosen by configuration.
 
 A prior is a :class:`Prior` (a ``PyroModule``) whose call returns a Pyro distribution
 over R^latent_dim: ``event_shape == (latent_dim,)``, empty batch shape. Learnable
@@ -6,9 +6,11 @@ parameters are ``PyroParam`` attributes (constrained where they must be), so SVI
 them with the model and they live in the model's ``state_dict`` (checkpoints); fixed
 parameters are buffers, so they follow ``.to(device)``.
 
-The configuration ``cfg.prior`` (a file ``conf/prior/<name>.yaml``) holds ``name`` (a
-label for tables and titles), ``_target_`` (the import path of what is built) and the
-parameters. ``_target_`` is either
+From Python, construct one (``Factorized(20, pyro.distributions.Laplace, scale=1.0)``,
+``VampPrior(20, x_dim=784)``) and pass it to :class:`~pyro_vae.model.VAE`. A
+specification (what ``prior=...`` configures, and what a run directory records) is a
+mapping with ``_target_`` (an import path), an optional ``name`` (a label for tables and
+titles) and the parameters; :func:`build_prior` builds it. ``_target_`` is either
 
 - a univariate distribution class with support on the real line, such as
   ``pyro.distributions.Laplace``: the prior is that family independently over the latent
@@ -17,8 +19,8 @@ parameters. ``_target_`` is either
   ``cls(latent_dim, **params)``, with ``x_dim`` and ``encoder`` (the VAE's recognition
   network) added when its constructor takes them.
 
-Bad values raise :class:`~pyro_vae.config.ConfigError` naming the key (``prior.scale``)
-and what is allowed; :func:`validate_prior_config` runs the same checks before training.
+Bad values raise :class:`~pyro_vae.errors.ArgumentError` naming the parameter
+(``scale=-1 is not allowed: ...``); the configuration layer names it ``prior.scale``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,11 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
-from omegaconf import OmegaConf
 from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.nn import PyroModule, PyroParam
 
-from .config import CONF_DIR, ConfigError, _fail, config_choices
+from .errors import ArgumentError, refuse
 
 # Keyword arguments a Prior's constructor may take from the model rather than the config.
 CONTEXT_KEYS = ("x_dim", "encoder")
@@ -52,12 +53,32 @@ class Prior(PyroModule):
 
     name = "prior"
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        self = super().__new__(cls)
+        # The constructor's arguments, so that spec() can record how to build it again.
+        object.__setattr__(self, "_init_arguments", (args, kwargs))
+        return self
+
     def __init__(self, latent_dim: int):
         super().__init__()
         self.latent_dim = latent_dim
 
     def forward(self) -> dist.TorchDistribution:
         raise NotImplementedError
+
+    def bind(self, vae: torch.nn.Module) -> None:
+        """Called by the VAE that takes this prior; a prior defined through the VAE's own
+        networks (:class:`VampPrior`) takes them here."""
+
+    def spec(self) -> dict[str, Any]:
+        """A specification :func:`build_prior` builds this prior from again (its learned
+        values come from the model's ``state_dict``)."""
+        args, kwargs = self._init_arguments
+        bound = inspect.signature(type(self)).bind_partial(*args, **kwargs).arguments
+        params = {
+            k: _plain_value(v) for k, v in bound.items() if k not in ("latent_dim", *CONTEXT_KEYS)
+        }
+        return {"name": self.name, "_target_": _path(type(self)), **params}
 
     def _hold(self, name: str, value: torch.Tensor, constraint: Any, learnable: bool) -> None:
         """Keep ``value`` as a PyroParam (trained, constrained) or a buffer (fixed)."""
@@ -103,24 +124,22 @@ class Factorized(Prior):
         self.family = family
         what = _path(family)
         if not isinstance(learnable, bool):
-            _fail("prior.learnable", learnable, "true or false")
+            raise refuse("learnable", learnable, "true or false")
         names = _check_params(family, params, what, skip=("validate_args",), also=("learnable",))
         values = {}
         for key in names:
             default = inspect.signature(family).parameters[key].default
             if key in params or isinstance(default, int | float):
                 value = params.get(key, default)
-                values[key] = _tensor(
-                    f"prior.{key}", value, (latent_dim,), f"latent_dim={latent_dim}"
-                )
+                values[key] = _tensor(key, value, (latent_dim,), f"latent_dim={latent_dim}")
                 _check_constraint(key, value, values[key], family, what)
         try:
             base = family(**values, validate_args=True)
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"prior: {what} refused the parameters {params}: {e}") from None
+            raise ArgumentError(f"{what} refused the parameters {params}: {e}") from None
         if base.event_shape != () or type(base.support) is not type(constraints.real):
-            _fail(
-                "prior._target_",
+            raise refuse(
+                "_target_",
                 what,
                 f"a univariate family on the real line (its support is {base.support}): "
                 "the encoder's Gaussian q(z|x) puts mass on all of R",
@@ -128,13 +147,17 @@ class Factorized(Prior):
         try:
             base.log_prob(torch.zeros(latent_dim))
         except NotImplementedError:
-            _fail("prior._target_", what, "a family with a log-density (log_prob)")
+            raise refuse("_target_", what, "a family with a log-density (log_prob)") from None
         self._param_names = list(values)
         for key, value in values.items():
             self._hold(key, value, base.arg_constraints.get(key, constraints.real), learnable)
 
     def forward(self) -> dist.TorchDistribution:
         return self.family(**{k: getattr(self, k) for k in self._param_names}).to_event(1)
+
+    def spec(self) -> dict[str, Any]:
+        spec = super().spec()
+        return {"name": spec.pop("name"), "_target_": spec.pop("family"), **spec}
 
 
 class DiagonalNormalMixture(dist.MixtureSameFamily):
@@ -187,7 +210,7 @@ class MixtureOfGaussians(Prior):
         learn_scales: bool = True,
     ):
         super().__init__(latent_dim)
-        k = _positive_int("prior.num_components", num_components)
+        k = _positive_int("num_components", num_components)
         shape, where = (k, latent_dim), f"num_components={k}, latent_dim={latent_dim}"
         for key, flag in (
             ("weights", learn_weights),
@@ -195,20 +218,20 @@ class MixtureOfGaussians(Prior):
             ("scales", learn_scales),
         ):
             if not isinstance(flag, bool):
-                _fail(f"prior.learn_{key}", flag, "true or false")
+                raise refuse(f"learn_{key}", flag, "true or false")
         if locs is None:
-            std = _tensor("prior.loc_std", loc_std, (), "")
-            _check_positive("prior.loc_std", loc_std, std)
+            std = _tensor("loc_std", loc_std, (), "")
+            _check_positive("loc_std", loc_std, std)
             locs = std * torch.randn(shape)
         else:
-            locs = _tensor("prior.locs", locs, shape, where)
-        scales = _tensor("prior.scale", scale, shape, where)
-        _check_positive("prior.scale", scale, scales)
+            locs = _tensor("locs", locs, shape, where)
+        scales = _tensor("scale", scale, shape, where)
+        _check_positive("scale", scale, scales)
         if weights is None:
             logits = torch.zeros(k)
         else:
-            w = _tensor("prior.weights", weights, (k,), f"num_components={k}")
-            _check_positive("prior.weights", weights, w)
+            w = _tensor("weights", weights, (k,), f"num_components={k}")
+            _check_positive("weights", weights, w)
             logits = w.log() - w.sum().log()
         self._hold("logits", logits, constraints.real, learn_weights)
         self._hold("locs", locs, constraints.real, learn_locs)
@@ -227,34 +250,44 @@ class VampPrior(Prior):
     start at ``pseudo_inputs_mean`` + ``pseudo_inputs_std`` * N(0, 1) (the paper's MNIST
     setting: 0.05 and 0.01). The encoder is the VAE's own, held by plain reference: it is
     not a submodule here, so its parameters are not duplicated in the state_dict nor
-    renamed in Pyro's param store, and ``.to(device)`` of the VAE moves it.
+    renamed in Pyro's param store, and ``.to(device)`` of the VAE moves it. Left out
+    (``encoder=None``), it is the encoder of the VAE that takes this prior.
+
+    Its log-density depends on the encoder's weights (phi), so only a method that trains phi
+    and theta on one objective (AEVB) can fit it; wake-sleep and MCEM refuse it.
     """
 
     def __init__(
         self,
         latent_dim: int,
         x_dim: int,
-        encoder: torch.nn.Module,
+        encoder: torch.nn.Module | None = None,
         num_components: int = 500,
         pseudo_inputs_mean: float = 0.05,
         pseudo_inputs_std: float = 0.01,
     ):
         super().__init__(latent_dim)
-        if encoder is None:
-            raise ConfigError("prior: the VampPrior needs the VAE's encoder (build_vae passes it)")
         object.__setattr__(self, "_encoder", encoder)
-        k = _positive_int("prior.num_components", num_components)
-        mean = _tensor("prior.pseudo_inputs_mean", pseudo_inputs_mean, (), "")
+        k = _positive_int("num_components", num_components)
+        mean = _tensor("pseudo_inputs_mean", pseudo_inputs_mean, (), "")
         if not 0 < mean.item() < 1:
-            _fail("prior.pseudo_inputs_mean", pseudo_inputs_mean, "a number in (0, 1)")
-        std = _tensor("prior.pseudo_inputs_std", pseudo_inputs_std, (), "")
+            raise refuse("pseudo_inputs_mean", pseudo_inputs_mean, "a number in (0, 1)")
+        std = _tensor("pseudo_inputs_std", pseudo_inputs_std, (), "")
         if not std.item() >= 0:
-            _fail("prior.pseudo_inputs_std", pseudo_inputs_std, "a number >= 0")
+            raise refuse("pseudo_inputs_std", pseudo_inputs_std, "a number >= 0")
         # Strictly inside (0, 1), where the sigmoid transform of unit_interval is finite.
         u = (mean + std * torch.randn(k, x_dim)).clamp(1e-3, 1 - 1e-3)
         self.pseudo_inputs = PyroParam(u, constraints.unit_interval)
 
+    def bind(self, vae: torch.nn.Module) -> None:
+        if self._encoder is None:
+            object.__setattr__(self, "_encoder", vae.encoder)
+
     def forward(self) -> dist.TorchDistribution:
+        if self._encoder is None:
+            raise ArgumentError(
+                "the VampPrior has no encoder: pass encoder=..., or give it to a VAE first"
+            )
         loc, scale = self._encoder(self.pseudo_inputs)
         components = dist.Normal(loc, scale).to_event(1)
         return DiagonalNormalMixture(
@@ -262,21 +295,21 @@ class VampPrior(Prior):
         )
 
 
-def build_prior(cfg: Mapping[str, Any], latent_dim: int, **context: Any) -> Prior:
-    """The prior ``cfg`` describes (``_target_`` and parameters; see the module docstring).
+def build_prior(spec: Mapping[str, Any], latent_dim: int, **context: Any) -> Prior:
+    """The prior ``spec`` describes (``_target_``, optional ``name``, and parameters; see the
+    module docstring).
 
-    ``context`` carries what some priors need from the model (``x_dim``, ``encoder``). A
-    ``cfg`` without ``_target_`` names a shipped configuration file (``{"name": "laplace"}``),
-    whose values the other keys of ``cfg`` override.
+    ``context`` carries what some priors need from the model (``x_dim``, ``encoder``). Errors
+    name the parameter (``scale=-1 is not allowed: ...``) as an ArgumentError.
     """
-    params = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    params = dict(spec)
     name = params.pop("name", None)
     if "_target_" not in params:
-        if name not in config_choices("prior"):
-            _fail("prior.name", name, f"one of {config_choices('prior')}, or a prior._target_")
-        shipped = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "prior" / f"{name}.yaml"))
-        shipped.pop("name", None)
-        params = {**shipped, **params}
+        raise ArgumentError(
+            f"missing value for {{key}}: a prior specification needs the import path of its "
+            f"class or distribution family (got keys {sorted(spec)})",
+            "_target_",
+        )
     cls = _locate(params.pop("_target_"))
     if issubclass(cls, torch.distributions.Distribution):
         prior = Factorized(latent_dim, cls, **params)
@@ -289,19 +322,6 @@ def build_prior(cfg: Mapping[str, Any], latent_dim: int, **context: Any) -> Prio
     if name:
         prior.name = name  # the label, for messages and titles
     return prior
-
-
-def validate_prior_config(cfg: Mapping[str, Any], latent_dim: int) -> Prior:
-    """Refuse a bad ``prior`` config (ConfigError naming the key) before any data are read.
-
-    The prior is built once, on a throwaway one-pixel encoder, without touching the
-    caller's random stream; it is returned so callers can check what else depends on it.
-    """
-    from .networks import GaussianEncoder
-
-    with torch.random.fork_rng(devices=[]):
-        encoder = GaussianEncoder(1, latent_dim, [], "tanh")
-        return build_prior(cfg, latent_dim, x_dim=1, encoder=encoder)
 
 
 def prior_quantiles(prior: dist.TorchDistribution, u: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -375,8 +395,7 @@ def _locate(target: Any) -> type:
     """The class ``prior._target_`` names: a distribution family or a Prior subclass."""
     allowed = (
         "the import path of a univariate distribution class on the real line "
-        "(e.g. pyro.distributions.Laplace) or of a pyro_vae.priors.Prior subclass; "
-        f"the shipped priors are prior={config_choices('prior')}"
+        "(e.g. pyro.distributions.Laplace) or of a pyro_vae.priors.Prior subclass"
     )
     module, _, attr = str(target).rpartition(".")
     try:
@@ -386,7 +405,7 @@ def _locate(target: Any) -> type:
     except (ImportError, AttributeError, ValueError, TypeError) as e:
         close = difflib.get_close_matches(attr, dist.__all__, n=1)
         hint = f"; did you mean pyro.distributions.{close[0]}?" if close else ""
-        _fail("prior._target_", target, f"{allowed} ({type(e).__name__}: {e}{hint})")
+        raise refuse("_target_", target, f"{allowed} ({type(e).__name__}: {e}{hint})") from None
     if issubclass(cls, torch.distributions.Distribution):
         # torch's own classes lack Pyro's .to_event; Pyro wraps each under the same name.
         wrapped = getattr(dist, cls.__name__, None)
@@ -396,8 +415,7 @@ def _locate(target: Any) -> type:
             return cls
     elif issubclass(cls, Prior):
         return cls
-    _fail("prior._target_", target, allowed)
-    raise AssertionError  # unreachable: _fail raises
+    raise refuse("_target_", target, allowed)
 
 
 def _check_params(
@@ -419,21 +437,18 @@ def _check_params(
         if unknown:
             keys = [*named, *also]
             allowed = f"expected keys among {keys}" if keys else "it takes no parameters"
-            raise ConfigError(f"prior.{unknown[0]} is not a parameter of {what}: {allowed}")
+            raise ArgumentError(f" is not a parameter of {what}: {allowed}", unknown[0])
     required = [k for k in named if sig.parameters[k].default is inspect.Parameter.empty]
     missing = [k for k in required if k not in params]
     if missing:
-        raise ConfigError(
-            f"missing value for prior.{missing[0]}: {what} needs {required}; set it on the "
-            f"command line (prior.{missing[0]}=...)"
+        raise ArgumentError(
+            f"missing value for {{key}}: {what} needs {required}; set {{key}}=...", missing[0]
         )
     return named
 
 
 def _tensor(key: str, value: Any, shape: tuple[int, ...], where: str) -> torch.Tensor:
     """``value`` (a number or nested list) as a float tensor broadcast to ``shape``."""
-    if OmegaConf.is_config(value):
-        value = OmegaConf.to_container(value)
     expected = "a number" + (f" or a list of shape {list(shape)} ({where})" if shape else "")
     try:
         t = torch.as_tensor(value, dtype=torch.float32)
@@ -443,8 +458,7 @@ def _tensor(key: str, value: Any, shape: tuple[int, ...], where: str) -> torch.T
             raise ValueError
         return t.expand(shape).clone()
     except (TypeError, ValueError, RuntimeError):
-        _fail(key, value, expected)
-        raise AssertionError from None  # unreachable: _fail raises
+        raise refuse(key, value, expected) from None
 
 
 def _check_constraint(key: str, raw: Any, value: torch.Tensor, family: type, what: str) -> None:
@@ -453,15 +467,24 @@ def _check_constraint(key: str, raw: Any, value: torch.Tensor, family: type, wha
     if constraint is None or constraints.is_dependent(constraint):
         return
     if not constraint.check(value).all():
-        _fail(f"prior.{key}", raw, f"values in {constraint} (the support of {what}'s {key})")
+        raise refuse(key, raw, f"values in {constraint} (the support of {what}'s {key})")
 
 
 def _check_positive(key: str, raw: Any, value: torch.Tensor) -> None:
     if not (value > 0).all():
-        _fail(key, raw, "numbers > 0")
+        raise refuse(key, raw, "numbers > 0")
 
 
 def _positive_int(key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        _fail(key, value, "an integer >= 1")
+        raise refuse(key, value, "an integer >= 1")
+    return value
+
+
+def _plain_value(value: Any) -> Any:
+    """A constructor argument as YAML can hold it: classes by import path, tensors as lists."""
+    if isinstance(value, type):
+        return _path(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
     return value

@@ -25,9 +25,10 @@ are never stored.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
+import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,16 +37,19 @@ from typing import Any
 
 import pyro
 import torch
+import yaml
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 
-from .config import CONF_DIR, ConfigError, config_choices
+from .atomic import atomic_write
 from .data import Minibatches
-from .estimators import EstimatorError, build_estimator
-from .experiment import load_run
+from .errors import ArgumentError, RunDirError
+from .estimators import ESTIMATORS, build_estimator
 from .model import VAE
-from .plots import _save
-from .rundir import LAST_CHECKPOINT, RunDir, RunDirError, atomic_write_text
+from .plots import save_figure
+from .runs import load_run
+from .training.rundir import LAST_CHECKPOINT, RunDir
+
+logger = logging.getLogger(__name__)
 
 GROUPS = ("phi", "theta")
 COLUMNS = (
@@ -68,9 +72,22 @@ OUTPUT_DIR = "variance"
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """An estimator as the lab names it: its config (name and parameters) and a label."""
+    """An estimator as the lab names it: its name, its parameters, and a label for tables."""
 
     cfg: dict[str, Any]
+
+    @classmethod
+    def of(cls, name: str, **params: Any) -> EstimatorSpec:
+        """``name`` with ``params`` over the estimator's defaults (so the label shows them)."""
+        if name not in ESTIMATORS:
+            raise ArgumentError.refuse("estimators", name, f"names among {sorted(ESTIMATORS)}")
+        signature = inspect.signature(ESTIMATORS[name]).parameters
+        defaults = {
+            k: p.default
+            for k, p in signature.items()
+            if k != "num_particles" and p.default is not inspect.Parameter.empty
+        }
+        return cls({"name": name, **defaults, **params})
 
     @property
     def label(self) -> str:
@@ -79,25 +96,26 @@ class EstimatorSpec:
 
 
 def parse_estimators(text: str | None) -> list[EstimatorSpec]:
-    """``"sgvb_a,score_function:baseline=none"`` -> specs, each completed with the defaults of
-    ``conf/estimator/<name>.yaml``; ``None`` gives every registered estimator."""
-    names = text.split(",") if text else config_choices("estimator")
+    """``"sgvb_a,score_function:baseline=none"`` -> specs, each completed with the
+    estimator's defaults; ``None`` gives every registered estimator."""
+    names = text.split(",") if text else sorted(ESTIMATORS)
     specs = []
     for item in names:
         name, *params = item.strip().split(":")
-        if name not in config_choices("estimator"):
-            raise ConfigError(
-                f"variance: estimators={name!r} is not allowed: expected one of "
-                f"{config_choices('estimator')}, optionally with parameters "
-                "as in score_function:baseline=none"
+        if name not in ESTIMATORS:
+            raise ArgumentError.refuse(
+                "estimators",
+                name,
+                f"one of {sorted(ESTIMATORS)}, optionally with parameters as in "
+                "score_function:baseline=none",
             )
-        cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "estimator" / f"{name}.yaml"))
+        given = {}
         for param in params:
             key, sep, value = param.partition("=")
             if not sep:
-                raise ConfigError(f"variance: estimator parameter {param!r} is not key=value")
-            cfg[key] = OmegaConf.create(f"v: {value}").v  # YAML typing, as on the command line
-        specs.append(EstimatorSpec(cfg))
+                raise ArgumentError(f"estimator parameter {param!r} is not key=value")
+            given[key] = yaml.safe_load(value)  # YAML typing, as on the command line
+        specs.append(EstimatorSpec.of(name, **given))
     return specs
 
 
@@ -186,6 +204,65 @@ def _checkpoint_epoch(state: dict[str, Any]) -> float | None:
     return state.get("position", {}).get("epoch")
 
 
+def estimator_variance(
+    vae: VAE,
+    x: torch.Tensor,
+    idx: torch.Tensor | None = None,
+    estimators: Sequence[str | EstimatorSpec] | None = None,
+    num_particles: Sequence[int] = (1,),
+    repeats: int = 100,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Gradient variance of each estimator on the minibatch ``x`` (dataset indices ``idx``):
+    one row per (L, estimator, parameter group phi/theta) with :meth:`Moments.summary`'s
+    measures, the mean bound and the seconds per estimate.
+
+    ``estimators``: names (``"stl"``), ``"score_function:baseline=none"`` strings or
+    :class:`EstimatorSpec`; all registered ones by default. Each estimator's R estimates
+    start from the random state ``seed``. An estimator that cannot run on this model
+    (``sgvb_b`` with a mixture prior) is skipped with a warning.
+    """
+    _check_lab(repeats, num_particles)
+    if estimators is None:
+        specs = parse_estimators(None)
+    else:
+        specs = [e if isinstance(e, EstimatorSpec) else parse_estimators(e)[0] for e in estimators]
+    if idx is None:
+        idx = torch.arange(x.shape[0], device=x.device)
+    rows = []
+    for num in num_particles:
+        for spec in specs:
+            pyro.set_rng_seed(seed)
+            try:
+                elbo = build_estimator(spec.cfg, num)
+                stats = gradient_statistics(elbo, vae, x, idx, repeats)
+            except ArgumentError as e:
+                # E.g. sgvb_b on a run with a mixture prior: the others still run.
+                logger.warning("variance: skipped %s at L=%d: %s", spec.label, num, e)
+                continue
+            for group, summary in stats["groups"].items():
+                rows.append(
+                    {
+                        "estimator": spec.label,
+                        "num_particles": num,
+                        "group": group,
+                        "repeats": repeats,
+                        "batch_size": x.shape[0],
+                        "bound": stats["bound"],
+                        **summary,
+                        "seconds_per_estimate": stats["seconds_per_estimate"],
+                    }
+                )
+    return rows
+
+
+def _check_lab(repeats: Any, num_particles: Sequence[int]) -> None:
+    if not isinstance(repeats, int) or repeats < 2:
+        raise ArgumentError.refuse("repeats", repeats, "an integer >= 2")
+    if not num_particles or any(not (isinstance(k, int) and k >= 1) for k in num_particles):
+        raise ArgumentError.refuse("num_particles", list(num_particles), "integers >= 1")
+
+
 def variance_lab(
     run_dir: str | Path,
     estimators: str | None = None,
@@ -195,59 +272,38 @@ def variance_lab(
     batch_size: int | None = None,
     seed: int = 0,
     device: str | None = None,
+    vae: VAE | None = None,
 ) -> list[dict[str, Any]]:
-    """The lab's table (one row per checkpoint, L, estimator and parameter group)."""
+    """The lab's table on a run (one row per checkpoint, L, estimator and parameter group).
+
+    The minibatch is the first one a run with ``seed`` would see (``batch_size``: the
+    run's); ``vae`` is the model to load the run into, for a model of your own.
+    """
     specs = parse_estimators(estimators)
-    if repeats < 2:
-        raise ConfigError(f"variance: repeats={repeats} is not allowed: expected an integer >= 2")
-    if not num_particles or any(not (isinstance(k, int) and k >= 1) for k in num_particles):
-        raise ConfigError(f"variance: num_particles={list(num_particles)} must be integers >= 1")
+    _check_lab(repeats, num_particles)
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise RunDirError(f"run directory {run.path} does not exist")
     names = resolve_checkpoints(run, checkpoints)
-    loaded = load_run(run.path, names[0], device)
+    loaded = load_run(run.path, names[0], device, vae=vae)
     vae, data = loaded.vae, loaded.data()
-    m = batch_size or loaded.cfg.batch_size
+    m = batch_size or loaded.cfg.get("batch_size", 100)
     if not 1 <= m <= data.num_train:
-        raise ConfigError(
-            f"variance: batch_size={m} is not allowed: expected 1..{data.num_train} "
-            "(the training set's size)"
+        raise ArgumentError.refuse(
+            "batch_size", m, f"1..{data.num_train} (the training set's size)"
         )
     batches = Minibatches(
         data.train, m, seed=seed, binarize=data.train_binarize, device=loaded.device
     )
     idx, x = next(batches.epoch(0))
     rows = []
-    with pyro.validation_enabled(bool(loaded.cfg.validate)):
+    with pyro.validation_enabled(bool(loaded.cfg.get("validate", False))):
         for name in names:
             state = loaded.checkpoint if name == names[0] else run.load_checkpoint(name)
             vae.load_state_dict(state["model"])
-            for num in num_particles:
-                for spec in specs:
-                    pyro.set_rng_seed(seed)
-                    try:
-                        elbo = build_estimator(spec.cfg, num)
-                        stats = gradient_statistics(elbo, vae, x, idx, repeats)
-                    except (ConfigError, EstimatorError) as e:
-                        # E.g. sgvb_b on a run with a mixture prior: the others still run.
-                        print(f"variance: skipped {spec.label} at L={num}: {e}", file=sys.stderr)
-                        continue
-                    for group, summary in stats["groups"].items():
-                        rows.append(
-                            {
-                                "checkpoint": name,
-                                "epoch": _checkpoint_epoch(state),
-                                "estimator": spec.label,
-                                "num_particles": num,
-                                "group": group,
-                                "repeats": repeats,
-                                "batch_size": m,
-                                "bound": stats["bound"],
-                                **summary,
-                                "seconds_per_estimate": stats["seconds_per_estimate"],
-                            }
-                        )
+            at = {"checkpoint": name, "epoch": _checkpoint_epoch(state)}
+            for row in estimator_variance(vae, x, idx, specs, num_particles, repeats, seed):
+                rows.append({**at, **row})
     return rows
 
 
@@ -336,7 +392,7 @@ def _panels(
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         axes[1, col].set_xlabel(xlabel)
     axes[0, 1].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _by_estimator(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
@@ -354,7 +410,7 @@ def _by_estimator(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Pat
                 axes[row, col].plot(xs, ys, _STYLES[j][0], label=f"L={num}")
         axes[1, col].set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     axes[0, 1].legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_report(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -400,11 +456,11 @@ def write_report(
 ) -> list[Path]:
     """variance.csv, variance.md (with ``header`` above the table) and the figures."""
     if not rows:
-        raise ValueError("variance: no estimates to report (every estimator was skipped)")
+        raise ArgumentError("variance: no estimates to report (every estimator was skipped)")
     out_dir = Path(out_dir)
     csv_path, md_path = out_dir / "variance.csv", out_dir / "variance.md"
-    atomic_write_text(csv_path, csv_text(rows))
-    atomic_write_text(md_path, (header + "\n\n" if header else "") + markdown_table(rows))
+    atomic_write(csv_path, csv_text(rows))
+    atomic_write(md_path, (header + "\n\n" if header else "") + markdown_table(rows))
     return [csv_path, md_path, *plot_report(rows, out_dir)]
 
 
@@ -427,16 +483,17 @@ VARIANCE_KEYS = {
 }
 
 
-def run_variance(run_dir: str | Path, out_dir: str | Path | None = None, **lab: Any) -> list[Path]:
-    """``pyro-vae variance``: the lab's table printed and written, with its figures, to
-    ``out_dir`` (default ``<run_dir>/variance``)."""
+def run_variance(
+    run_dir: str | Path, out_dir: str | Path | None = None, **lab: Any
+) -> tuple[str, list[Path]]:
+    """``pyro-vae variance``: the lab's table (Markdown, returned) written, with its figures,
+    to ``out_dir`` (default ``<run_dir>/variance``); returns (table, paths)."""
     rows = variance_lab(run_dir, **lab)
     table = markdown_table(rows)
-    print(table)
     header = (
         f"Variance lab on `{run_dir}`: {rows[0]['repeats']} gradient estimates per estimator on "
         f"one minibatch of M={rows[0]['batch_size']} (seed {lab.get('seed', 0)}); gradients of "
         "the per-datapoint bound; phi = encoder, theta = decoder and prior; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads."
     )
-    return write_report(rows, out_dir or Path(run_dir) / OUTPUT_DIR, header)
+    return table, write_report(rows, out_dir or Path(run_dir) / OUTPUT_DIR, header)

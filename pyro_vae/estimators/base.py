@@ -18,6 +18,7 @@ a site outside it has no per-datapoint density and is refused with an :class:`Es
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import pyro
@@ -30,13 +31,25 @@ from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
+from ..errors import EstimatorError, refuse
+
 # The model has one plate (the minibatch); vectorised particles go to its left.
 MAX_PLATE_NESTING = 1
 PARTICLE_DIM = -(MAX_PLATE_NESTING + 1)
 
+#: ``estimator=`` name -> a callable ``(num_particles=..., **params) -> ELBO``. Each
+#: estimator's module registers itself with :func:`register`.
+ESTIMATORS: dict[str, Callable[..., ELBO]] = {}
 
-class EstimatorError(ValueError):
-    """An estimator that cannot be used as asked; the message names the alternative."""
+
+def register(name: str) -> Callable[[Callable[..., ELBO]], Callable[..., ELBO]]:
+    """Class (or factory) decorator: make the estimator selectable as ``estimator=name``."""
+
+    def add(factory: Callable[..., ELBO]) -> Callable[..., ELBO]:
+        ESTIMATORS[name] = factory
+        return factory
+
+    return add
 
 
 def describe_distribution(fn: Any) -> str:
@@ -146,7 +159,7 @@ class ParticleELBO(ELBO):
 
     def __init__(self, num_particles: int = 1):
         if not (isinstance(num_particles, int) and num_particles >= 1):
-            raise EstimatorError(f"num_particles={num_particles!r} must be an integer >= 1")
+            raise refuse("num_particles", num_particles, "an integer >= 1")
         super().__init__(num_particles=num_particles, max_plate_nesting=MAX_PLATE_NESTING + 1)
 
     def _get_trace(self, model, guide, args, kwargs) -> tuple[Trace, Trace]:

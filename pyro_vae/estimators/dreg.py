@@ -7,9 +7,10 @@ import math
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, log_weights, plate_scale, sample_sites
+from .base import ParticleELBO, log_weights, plate_scale, register, sample_sites
 
 
+@register("dreg")
 class DReG_ELBO(ParticleELBO):
     """The IWAE bound L_K (see :class:`~pyro_vae.estimators.iwae.IWAE_ELBO`) with the
     doubly reparameterised encoder gradient, K = ``num_particles``::

@@ -7,9 +7,10 @@ import math
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, log_weights, plate_scale
+from .base import ParticleELBO, log_weights, plate_scale, register
 
 
+@register("iwae")
 class IWAE_ELBO(ParticleELBO):
     """Importance-weighted autoencoder bound with K = ``num_particles`` samples per point::
 

@@ -9,11 +9,12 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
-from .base import MAX_PLATE_NESTING, describe_distribution, sample_sites
+from .base import MAX_PLATE_NESTING, describe_distribution, register, sample_sites
 
 logger = logging.getLogger(__name__)
 
 
+@register("meanfield")
 class MeanField_ELBO(TraceMeanField_ELBO):
     """Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` with L particles vectorised::
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from pyro.poutine import Trace
 
-from .base import EstimatorError, ParticleELBO, log_density, particle_shape, plate_scale
+from .base import EstimatorError, ParticleELBO, log_density, particle_shape, plate_scale, register
 
 BASELINES = ("none", "batch", "particles")
 
 
+@register("score_function")
 class ScoreFunction_ELBO(ParticleELBO):
     """The ELBO (eq. 2, at the scale of eq. 8) with the REINFORCE gradient: z ~ q(z|x) is
     sampled without a pathwise derivative (the Normal site treated as non-reparameterised)::
@@ -38,13 +39,12 @@ class ScoreFunction_ELBO(ParticleELBO):
     def __init__(self, num_particles: int = 1, baseline: str = "batch"):
         super().__init__(num_particles)
         if baseline not in BASELINES:
-            raise EstimatorError(
-                f"estimator.baseline={baseline!r} is not allowed: expected one of {list(BASELINES)}"
-            )
+            raise EstimatorError.refuse("baseline", baseline, f"one of {list(BASELINES)}")
         if baseline == "particles" and num_particles < 2:
             raise EstimatorError(
-                f"estimator.baseline=particles needs num_particles >= 2, got {num_particles}; "
-                "use estimator.baseline=batch with one particle"
+                f"{{key}}=particles needs num_particles >= 2, got {num_particles}; "
+                "use {key}=batch with one particle",
+                "baseline",
             )
         self.baseline = baseline
 
@@ -55,8 +55,9 @@ class ScoreFunction_ELBO(ParticleELBO):
         n = log_w.shape[dim]
         if n < 2:
             raise EstimatorError(
-                f"estimator.baseline={self.baseline} needs at least 2 "
-                f"{'datapoints per minibatch' if dim else 'particles'}, got {n}"
+                f"{{key}}={self.baseline} needs at least 2 "
+                f"{'datapoints per minibatch' if dim else 'particles'}, got {n}",
+                "baseline",
             )
         return (log_w.sum(dim, keepdim=True) - log_w) / (n - 1)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, log_weights, plate_scale
+from .base import ParticleELBO, log_weights, plate_scale, register
 
 
+@register("sgvb_a")
 class SGVB_A(ParticleELBO):
     """Generic SGVB estimator A (eq. 6) of the full-data bound (eq. 8)::
 

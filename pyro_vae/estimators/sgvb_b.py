@@ -14,6 +14,7 @@ from .base import (
     log_density,
     particle_shape,
     plate_scale,
+    register,
     sample_sites,
 )
 
@@ -68,6 +69,7 @@ def analytic_kl(guide_fn, prior_fn, site: str = "z") -> torch.Tensor:
     return kl.sum(dim=tuple(range(-event_dims, 0))) if event_dims else kl
 
 
+@register("sgvb_b")
 class SGVB_B(ParticleELBO):
     """SGVB estimator B (eq. 7) of the full-data bound (eq. 8)::
 

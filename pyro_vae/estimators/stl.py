@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, log_weights, plate_scale
+from .base import ParticleELBO, log_weights, plate_scale, register
 
 
+@register("stl")
 class STL_ELBO(ParticleELBO):
     """The ELBO of eq. 8, estimated as by A, with the path-derivative encoder gradient::
 

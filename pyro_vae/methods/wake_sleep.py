@@ -25,26 +25,37 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from pyro import poutine
 
 from ..model import VAE
-from ..optim import build_optimizer
-from . import descend, split_parameters
+from ..optim import OptimizerFactory
+from .base import default_optimizer, descend, register, split_parameters
 
 
+@register("wake_sleep")
 class WakeSleep:
     """One wake step on theta and one sleep step on phi per minibatch.
 
     ``step`` returns the minibatch's -ELBO at full-data scale, estimated from the wake
     phase's z ~ q(z|x) before the update, so the metrics compare directly with AEVB's.
+    ``optimizer`` builds one optimiser for theta and one for phi. A prior defined through
+    the encoder (the VampPrior) is refused: see
+    :func:`~pyro_vae.methods.base.split_parameters`.
     """
 
-    def __init__(self, cfg: DictConfig, vae: VAE):
+    def __init__(
+        self,
+        vae: VAE,
+        *,
+        optimizer: OptimizerFactory = default_optimizer,
+        clip_grad_norm: float | None = None,
+    ):
         self.vae = vae
-        theta, phi = split_parameters(vae)
-        self.theta_optim = build_optimizer(cfg, theta)
-        self.phi_optim = build_optimizer(cfg, phi)
+        theta, phi = split_parameters(vae, "wake_sleep")
+        self.theta_optim = optimizer(theta)
+        self.phi_optim = optimizer(phi)
+        self.optimizers = [self.theta_optim, self.phi_optim]
+        self.clip_grad_norm = clip_grad_norm
 
     def wake_loss(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(-(N/M) sum log p(x, z), the ELBO estimate) with z ~ q(z|x) held fixed."""
@@ -65,16 +76,16 @@ class WakeSleep:
 
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float:
         theta_loss, elbo = self.wake_loss(x, idx)
-        descend(theta_loss, self.theta_optim, self.vae)
-        descend(self.sleep_loss(x, idx), self.phi_optim, self.vae)
+        descend(theta_loss, self.theta_optim, self.vae, self.clip_grad_norm)
+        descend(self.sleep_loss(x, idx), self.phi_optim, self.vae, self.clip_grad_norm)
         return -elbo.item()
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "theta_optimizer": self.theta_optim.get_state(),
-            "phi_optimizer": self.phi_optim.get_state(),
+            "theta_optimizer": self.theta_optim.state_dict(),
+            "phi_optimizer": self.phi_optim.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.theta_optim.set_state(state["theta_optimizer"])
-        self.phi_optim.set_state(state["phi_optimizer"])
+        self.theta_optim.load_state_dict(state["theta_optimizer"])
+        self.phi_optim.load_state_dict(state["phi_optimizer"])

@@ -10,10 +10,15 @@ Layout::
     <run_dir>/checkpoints/epoch_NNNN.pt   model snapshots for later analysis
     <run_dir>/figures/*.png
 
-Every file is written atomically (temporary file, fsync, rename), so a crash or a kill
-leaves either the old or the new version, never half of one. Checkpoints also carry a
+Every file is written atomically (:func:`~pyro_vae.atomic.atomic_write`), so a crash or a
+kill leaves either the old or the new version, never half of one. Checkpoints also carry a
 SHA-256 of their contents: ``torch.load`` notices a truncated file but not a changed byte
-inside a tensor, and a resumed run must not start from silently damaged numbers.
+inside a tensor, and a resumed run must not start from silently damaged numbers. A write
+that fails (a full disk, no permission) is a :class:`~pyro_vae.errors.RunDirError` naming
+the file.
+
+``config.yaml`` is plain YAML, read back as a dict; nothing here needs the configuration
+layer.
 """
 
 from __future__ import annotations
@@ -22,16 +27,22 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
-import sys
-import tempfile
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from filelock import FileLock, Timeout
+
+from ..atomic import atomic_write, remove_partial_files
+from ..errors import CheckpointError, RunDirError
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -42,51 +53,6 @@ PREVIOUS_CHECKPOINT = "last.prev.pt"
 FIGURE_DIR = "figures"
 LOCK_FILE = ".lock"
 _DIGEST_KEY = "sha256"
-
-
-class RunDirError(RuntimeError):
-    """A run directory that cannot be used as asked (missing, unfinished, corrupted)."""
-
-
-class CheckpointError(RunDirError):
-    """A checkpoint file that is missing, truncated or does not match its checksum."""
-
-
-def atomic_write_bytes(path: Path, data: bytes, keep_previous: Path | None = None) -> None:
-    """Write ``data`` to ``path`` so that a kill at any moment leaves the old or the new file.
-
-    ``keep_previous``: move the file being replaced there first (after the new data are on
-    disk, so the window with neither at ``path`` is two renames wide; readers fall back to it).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The renames above survive a power cut only once the directory entry is on disk.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def snapshot_name(epoch: int) -> str:
@@ -138,15 +104,24 @@ class RunDir:
     def config_path(self) -> Path:
         return self.path / CONFIG_FILE
 
-    def write_config(self, yaml_text: str) -> None:
-        atomic_write_text(self.config_path, yaml_text)
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Record the run's settings (plain values) as ``config.yaml``."""
+        text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        self._write(self.config_path, text)
 
-    def config(self) -> DictConfig:
+    def config(self) -> dict[str, Any]:
+        """The settings the run recorded, as plain values."""
         if not self.config_path.is_file():
             raise RunDirError(
                 f"{self.path} is not a pyro-vae run directory: {CONFIG_FILE} is missing"
             )
-        return OmegaConf.load(self.config_path)
+        try:
+            config = yaml.safe_load(self.config_path.read_text())
+        except yaml.YAMLError as e:
+            raise RunDirError(f"{self.config_path} is not valid YAML ({e})") from None
+        if not isinstance(config, dict):
+            raise RunDirError(f"{self.config_path} holds a {type(config).__name__}, not a mapping")
+        return config
 
     # metrics
     @property
@@ -167,13 +142,16 @@ class RunDir:
         return rows
 
     def write_metrics(self, rows: Iterable[dict[str, Any]]) -> None:
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        self._write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunDirError(f"cannot write {self.metrics_path}: {e.strerror or e}") from e
 
     # summary
     @property
@@ -187,7 +165,7 @@ class RunDir:
 
     def update_summary(self, **fields: Any) -> dict[str, Any]:
         summary = {**self.summary(), **fields}
-        atomic_write_text(self.summary_path, json.dumps(summary, indent=2) + "\n")
+        self._write(self.summary_path, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def is_finished(self) -> bool:
@@ -204,8 +182,7 @@ class RunDir:
         torch.save({**state, _DIGEST_KEY: state_digest(state)}, buf)
         path = self.checkpoint_dir / name
         previous = self.checkpoint_dir / PREVIOUS_CHECKPOINT if name == LAST_CHECKPOINT else None
-        atomic_write_bytes(path, buf.getvalue(), keep_previous=previous)
-        return path
+        return self._write(path, buf.getvalue(), keep_previous=previous)
 
     def has_checkpoint(self) -> bool:
         """Whether training can resume: ``last.pt`` or the previous one exists."""
@@ -263,48 +240,66 @@ class RunDir:
         if last.exists():
             os.replace(last, last.with_name(last.name + ".corrupt"))
             problem = f"{problem}; it is kept as {last.name}.corrupt"
-        print(f"warning: {problem}; resuming from {previous} instead", file=sys.stderr)
+        logger.warning("%s; resuming from %s instead", problem, previous)
         return state, previous
 
     def remove_partial_files(self) -> None:
         """Delete temporary files a killed writer left behind (never a complete file)."""
         for directory in (self.path, self.checkpoint_dir):
-            for tmp in directory.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+            remove_partial_files(directory)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run directory for one process: a second training in it is refused.
 
-        An advisory ``flock`` on ``<run_dir>/.lock``: the kernel releases it when the
-        process dies, even by SIGKILL, so a killed run never leaves a stale lock.
+        ``filelock``'s lock on ``<run_dir>/.lock`` (an ``flock`` on POSIX): the kernel
+        releases it when the process dies, even by SIGKILL, so a killed run never leaves a
+        stale lock. The empty ``.lock`` file stays: deleting it would let a third process
+        lock a new file while a second still holds the old one.
         """
         try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock, as before
-            yield
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        path = self.path / LOCK_FILE
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RunDirError(
-                    f"{self.path} is in use by another pyro-vae process; wait for it to end "
-                    "or choose another run_dir"
-                ) from None
-            # The holder before us may have deleted the file after we opened it: retry.
-            if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break
-            os.close(fd)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create {self.path}: {e.strerror or e}") from e
+        lock = FileLock(self.path / LOCK_FILE, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunDirError(
+                f"{self.path} is in use by another pyro-vae process; wait for it to end "
+                "or choose another run_dir"
+            ) from None
         try:
             yield
         finally:
-            path.unlink(missing_ok=True)
-            os.close(fd)
+            lock.release()
+
+    # starting and restarting
+    def check_start(self, resume: bool, overwrite: bool) -> bool:
+        """Whether training may go ahead in this directory; False for a finished run that is
+        left as it is (neither ``resume`` nor ``overwrite``). Raises RunDirError for an
+        unfinished run without ``resume``: its checkpoint would otherwise be overwritten."""
+        if self.is_finished() and not (resume or overwrite):
+            return False
+        if self.has_checkpoint() and not (resume or overwrite):
+            raise RunDirError(
+                f"{self.path} holds an unfinished run; pass resume=true to continue it, "
+                "or choose another run_dir"
+            )
+        return True
+
+    def clear(self) -> None:
+        """Remove a run's results (``overwrite``): metrics, summary, checkpoints, figures."""
+        for name in (self.metrics_path, self.summary_path):
+            name.unlink(missing_ok=True)
+        for d in (self.checkpoint_dir, self.figure_dir):
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _write(self, path: Path, data: bytes | str, keep_previous: Path | None = None) -> Path:
+        try:
+            return atomic_write(path, data, keep_previous=keep_previous)
+        except OSError as e:
+            raise RunDirError(f"cannot write {path}: {e.strerror or e}") from e
 
     def snapshots(self) -> list[tuple[int, Path]]:
         """Model snapshots (epoch, path) in epoch order."""

@@ -1,0 +1,236 @@
+"""A configuration turned into the objects of the Python API, and trained.
+
+:func:`instantiate` is the one place where configuration keys become constructor
+arguments: the data (:func:`pyro_vae.runs.load_data`), the model
+(:meth:`pyro_vae.VAE.from_settings`), the training method
+(:func:`pyro_vae.methods.build_method`) and the arguments of :func:`pyro_vae.train`.
+:func:`run_training` is what ``pyro-vae train`` runs: a finished run is left alone, a
+resumed one takes its own configuration back (:func:`resumed_config`), and the rest is
+:func:`pyro_vae.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+from omegaconf import DictConfig
+
+from ..data import RunData
+from ..errors import ArgumentError, ConfigError
+from ..methods import build_method
+from ..methods.base import TrainingMethod
+from ..model import VAE
+from ..optim import optimizer_factory
+from ..runs import load_data, resolve_device
+from ..training.rundir import RunDir
+from ..training.session import train
+from .validate import as_plain, prior_spec, validate_config
+
+logger = logging.getLogger("pyro_vae.training")
+
+# Keys a resumed run may take from the command line; every other key comes from the
+# run's own config.yaml, so a resumed run is the same experiment. (skip_nonfinite changes
+# nothing unless a step is non-finite, where the run would otherwise stop.)
+RESUMABLE_KEYS = frozenset(
+    {
+        "epochs",
+        "num_samples",
+        "progress",
+        "plots",
+        "checkpoint_every",
+        "checkpoint_every_steps",
+        "checkpoint_every_seconds",
+        "skip_nonfinite",
+        "device",
+        "data_dir",
+    }
+)
+_CONTROL_KEYS = frozenset({"run_dir", "resume", "overwrite"})
+
+#: Keys of the configuration that are arguments of :func:`pyro_vae.train` as they are.
+TRAIN_KEYS = (
+    "epochs",
+    "num_samples",
+    "batch_size",
+    "seed",
+    "eval_batch_size",
+    "checkpoint_every",
+    "checkpoint_every_steps",
+    "checkpoint_every_seconds",
+    "snapshots",
+    "skip_nonfinite",
+    "progress",
+    "plots",
+    "lr_search",
+    "lr_search_steps",
+)
+
+
+@dataclass
+class Experiment:
+    """What a configuration describes, built: data, model, method, and how to train them."""
+
+    cfg: dict[str, Any]
+    data: RunData
+    vae: VAE
+    method: TrainingMethod
+
+    def train(
+        self, run_dir: str | Path, resume: bool = False, overwrite: bool = False
+    ) -> dict[str, Any]:
+        """:func:`pyro_vae.train` with the configuration's settings, recorded as config.yaml."""
+        settings = {k: self.cfg[k] for k in TRAIN_KEYS}
+        return train(
+            self.vae,
+            self.data,
+            run_dir,
+            method=self.method,
+            resume=resume,
+            overwrite=overwrite,
+            config=self.cfg,
+            **settings,
+        )
+
+
+def method_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``build_method(cfg["method"], vae, ...)``."""
+    optim = {k: v for k, v in cfg["optim"].items() if k != "name"}
+    options: dict[str, Any] = {
+        "optimizer": optimizer_factory(
+            cfg["optim"]["name"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], **optim
+        ),
+        "clip_grad_norm": cfg["clip_grad_norm"],
+    }
+    if cfg["method"] == "aevb":
+        params = {k: v for k, v in cfg["estimator"].items() if k != "name"}
+        options.update(
+            estimator=cfg["estimator"]["name"],
+            num_particles=cfg["num_particles"],
+            fast=cfg["fast"],
+            **params,
+        )
+    elif cfg["method"] in cfg:  # a method's own settings, e.g. mcem: {...}
+        options.update(cfg[cfg["method"]])
+    return options
+
+
+def instantiate(cfg: Mapping[str, Any] | DictConfig) -> Experiment:
+    """Validate ``cfg`` and build its data, model and training method.
+
+    The model is built after ``pyro.set_rng_seed(cfg.seed)``: the same configuration always
+    gives the same initialisation, and so the same numbers.
+    """
+    cfg = validate_config(cfg)
+    device = resolve_device(cfg["device"])
+    pyro.enable_validation(cfg["validate"])
+    data = load_data(cfg, device)
+    if cfg["batch_size"] > data.num_train:
+        raise ConfigError.refuse(
+            "batch_size",
+            cfg["batch_size"],
+            f"at most the {data.num_train} training points of dataset={cfg['dataset']['name']}",
+        )
+    pyro.set_rng_seed(cfg["seed"])
+    settings = {**cfg, "prior": prior_spec(cfg["prior"])}
+    vae = VAE.from_settings(settings, data.x_dim, num_data=data.num_train).to(device)
+    try:
+        method = build_method(cfg["method"], vae, **method_options(cfg))
+    except ArgumentError as e:
+        raise ConfigError(str(e)) from None
+    return Experiment(cfg=cfg, data=data, vae=vae, method=method)
+
+
+def _overridden_keys(overrides: Sequence[str]) -> list[str]:
+    keys = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key and not key.startswith("hydra"):
+            keys.append(key)
+    return keys
+
+
+def _select(node: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _update(node: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def resumed_config(
+    saved: Mapping[str, Any],
+    requested: Mapping[str, Any] | DictConfig,
+    overrides: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The saved config, with the resumable keys the command line set; other changes refused.
+
+    ``overrides`` are the command line's ``key=value`` strings: only those keys are compared,
+    since the other keys of ``requested`` are defaults, not requests. Without them (a
+    configuration built in code) every top-level key of ``requested`` is compared.
+    """
+    requested = as_plain(requested)
+    cfg = as_plain(saved)
+    # Keys added to pyro-vae after the run was written take their current default.
+    for key, value in requested.items():
+        if key not in saved and not isinstance(value, dict):
+            cfg[key] = value
+    keys = list(requested) if overrides is None else _overridden_keys(overrides)
+    changed = []
+    for key in keys:
+        if key in _CONTROL_KEYS:
+            continue
+        new, old = _select(requested, key), _select(saved, key)
+        if key in RESUMABLE_KEYS:
+            _update(cfg, key, new)
+        elif new != old:
+            changed.append(f"{key}: run has {old!r}, command line asks {new!r}")
+    if changed:
+        raise ConfigError(
+            "resume=true continues the run as it was configured; these overrides would change "
+            f"it: {'; '.join(changed)}. Allowed on resume: {sorted(RESUMABLE_KEYS)}"
+        )
+    cfg["resume"] = True
+    return cfg
+
+
+def run_training(
+    cfg: Mapping[str, Any] | DictConfig,
+    run_dir: str | Path | None = None,
+    overrides: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Train as ``cfg`` says into ``run_dir`` (default ``cfg.run_dir``); returns the summary.
+
+    A finished run is never retrained silently: it is skipped (``overwrite=true`` retrains
+    it from scratch). A run is continued only with ``resume=true``: an interrupted one from
+    its last checkpoint, a finished one when more ``epochs``/``num_samples`` are asked for.
+    """
+    plain = as_plain(cfg)
+    run = RunDir(run_dir if run_dir is not None else plain["run_dir"])
+    resume, overwrite = bool(plain.get("resume", False)), bool(plain.get("overwrite", False))
+    if not run.check_start(resume, overwrite):
+        logger.info(
+            "%s already holds a finished run; not retraining it "
+            "(overwrite=true to train it again from scratch)",
+            run.path,
+        )
+        return run.summary()
+    plain = validate_config(plain)
+    if resume and run.config_path.is_file():
+        plain = resumed_config(run.config(), plain, overrides)
+        try:
+            validate_config(plain)
+        except ConfigError as e:
+            raise ConfigError(f"{run.config_path}: {e}") from None
+    return instantiate(plain).train(run.path, resume=resume, overwrite=overwrite)

@@ -1,0 +1,161 @@
+"""A run directory read back: its model at a checkpoint, its data, evaluation and figures.
+
+``load_run(run_dir)`` rebuilds the paper's MLP VAE from the run's ``config.yaml`` (the keys
+of :data:`~pyro_vae.model.MLP_SETTINGS`) and loads a checkpoint into it; a run of a model
+of your own is loaded into that model: ``load_run(run_dir, vae=my_vae)``. Evaluation,
+plots and the variance lab read runs through here, so the same run always yields the same
+objects, whether it was trained from the command line or from Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import RunData, load_dataset, prepare_data
+from .errors import RunDirError, refuse
+from .evaluate import evaluate
+from .model import VAE
+from .plots import FIGURES, plot_figures
+from .training.rundir import LAST_CHECKPOINT, RunDir
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``cpu``, ``cuda``, or ``auto`` (CUDA where available)."""
+    if isinstance(name, torch.device):
+        return name
+    if name not in DEVICES:
+        raise refuse("device", name, f"one of {list(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_data(settings: Mapping[str, Any], device: torch.device | str = "cpu") -> RunData:
+    """The dataset a run's settings name (``dataset``, ``data_dir``, ``download``,
+    ``likelihood``), read, checked and binarised as the run trained on it."""
+    d = settings["dataset"]
+    if d.get("name") == "tensor":
+        raise RunDirError(
+            "this run was trained on tensors given in Python; its data are not in the run "
+            "directory: pass them (evaluate(vae, x), plots on the model)"
+        )
+    dataset = load_dataset(
+        d["name"],
+        settings.get("data_dir"),
+        download=settings.get("download", True),
+        train_size=d.get("train_size"),
+        path=d.get("path"),
+        test_path=d.get("test_path"),
+        test_fraction=d.get("test_fraction", 0.1),
+        image_shape=d.get("image_shape"),
+    )
+    return prepare_data(
+        dataset,
+        binarize_train=d.get("binarize", "none"),
+        binarize_test=d.get("test_binarize", "none"),
+        binarize_seed=d.get("binarize_seed", 0),
+        likelihood=settings.get("likelihood"),
+        device=device,
+    )
+
+
+@dataclass
+class LoadedRun:
+    """A run's directory, settings, model (at ``checkpoint``, in eval mode) and device."""
+
+    run: RunDir
+    cfg: dict[str, Any]
+    vae: VAE
+    meta: dict[str, Any]
+    checkpoint: dict[str, Any]
+    device: torch.device
+
+    def data(self) -> RunData:
+        return load_data(self.cfg, self.device)
+
+
+def load_run(
+    run_dir: str | Path,
+    checkpoint: str = LAST_CHECKPOINT,
+    device: str | None = None,
+    vae: VAE | None = None,
+) -> LoadedRun:
+    """The settings and the model of ``run_dir`` at ``checkpoint`` (``last.pt`` or a
+    snapshot such as ``epoch_0004.pt``).
+
+    ``vae``: the model to load the checkpoint into (a model of your own); by default the
+    paper's MLP VAE is rebuilt from the run's settings. ``device``: where to load it
+    (default: the run's own, or the CPU where it has no CUDA).
+    """
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory {run.path} does not exist")
+    cfg = run.config()
+    dev = resolve_device(device or cfg.get("device", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        dev = torch.device("cpu")
+    state = run.load_checkpoint(checkpoint, map_location=dev)
+    meta = state["meta"]
+    if vae is None:
+        vae = VAE.from_settings(cfg, meta["x_dim"], num_data=meta["num_data"])
+    vae = vae.to(dev)
+    vae.load_state_dict(state["model"])
+    vae.eval()
+    return LoadedRun(run=run, cfg=cfg, vae=vae, meta=meta, checkpoint=state, device=dev)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    num_samples: int | None = None,
+    checkpoint: str = LAST_CHECKPOINT,
+    device: str | None = None,
+    seed: int = 0,
+    vae: VAE | None = None,
+) -> dict[str, Any]:
+    """Test ELBO and importance-sampled log p(x) of a run (:func:`~pyro_vae.evaluate.evaluate`
+    with K = ``num_samples``, default the run's ``eval_num_samples``); written into its
+    summary.json. ``vae``: the model to load the run into (a model of your own)."""
+    loaded = load_run(run_dir, checkpoint=checkpoint, device=device, vae=vae)
+    cfg = loaded.cfg
+    k = int(num_samples or cfg.get("eval_num_samples", 1000))
+    test = loaded.data().test
+    result = evaluate(loaded.vae, test, k, cfg.get("eval_batch_size", 1000), seed)
+    seconds = result.pop("evaluation_seconds")
+    result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
+    loaded.run.update_summary(**result)
+    return result
+
+
+def plot_run(
+    run_dir: str | Path,
+    checkpoint: str = LAST_CHECKPOINT,
+    figures: Sequence[str] = FIGURES,
+    vae: VAE | None = None,
+    data: RunData | None = None,
+) -> list[Path]:
+    """Write the run's figures (:func:`~pyro_vae.plots.plot_figures`) into
+    ``<run_dir>/figures``; returns their paths.
+
+    ``vae``: the model to load the run into (a model of your own). ``data``: the run's
+    data, where the run directory cannot name them (tensors given in Python).
+    """
+    run = RunDir(run_dir)
+    cfg = run.config()
+    name = cfg.get("dataset", {}).get("name", "data")
+    title = f"{name}, Nz={cfg.get('latent_dim', '?')}: lower bound per datapoint"
+    needs_model = any(f != "elbo" for f in figures)
+    loaded = load_run(run.path, checkpoint, vae=vae) if needs_model else None
+    shape = loaded.meta.get("image_shape") if loaded else None
+    wants_data = {"reconstructions", "aggregate_posterior"} & set(figures)
+    posterior = loaded is not None and loaded.vae.latent_dim == 2
+    if data is None and wants_data and (shape or (posterior and "aggregate_posterior" in figures)):
+        data = loaded.data()
+    model = loaded.vae if loaded else None
+    return plot_figures(model, data, run.figure_dir, run.metrics(), figures, title, shape)

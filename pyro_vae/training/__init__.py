@@ -1,0 +1,49 @@
+"""Training: one loop, its side effects as callbacks, and the run directory.
+
+- :mod:`.loop`: :class:`Trainer` (the loop, top to bottom), :class:`TrainingPosition` (where
+  training stands, saved as a unit) and :class:`Callback` (the points side effects hook into).
+- :mod:`.hooks`: the callbacks: step-size search, run record, signals, progress bar,
+  snapshots, metrics, checkpoints, the non-finite policy.
+- :mod:`.rundir`: :class:`RunDir`, the files of one run (atomic writes, a lock, checksummed
+  checkpoints).
+
+- :mod:`.session`: :func:`train`, which assembles them for a run from plain arguments.
+"""
+
+from __future__ import annotations
+
+from .hooks import (
+    Checkpoints,
+    MetricsLog,
+    NonFinitePolicy,
+    ProgressBar,
+    RunRecord,
+    Snapshots,
+    StepSizeSearch,
+    StopOnSignals,
+    snapshot_epochs,
+)
+from .loop import Callback, Trainer, TrainingPosition
+from .rundir import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT, RunDir, snapshot_name
+from .session import SNAPSHOT_SCHEDULES, train
+
+__all__ = [
+    "LAST_CHECKPOINT",
+    "PREVIOUS_CHECKPOINT",
+    "SNAPSHOT_SCHEDULES",
+    "Callback",
+    "Checkpoints",
+    "MetricsLog",
+    "NonFinitePolicy",
+    "ProgressBar",
+    "RunDir",
+    "RunRecord",
+    "Snapshots",
+    "StepSizeSearch",
+    "StopOnSignals",
+    "Trainer",
+    "TrainingPosition",
+    "snapshot_epochs",
+    "snapshot_name",
+    "train",
+]

@@ -1,0 +1,340 @@
+"""A training session: :func:`train` a VAE into a run directory, with plain arguments.
+
+::
+
+    vae = pyro_vae.VAE.mlp(x_dim=784, latent_dim=20)
+    summary = pyro_vae.train(vae, x_train, "runs/mine", test=x_test, estimator="stl", epochs=5)
+
+``pyro-vae train`` calls the same function (through :mod:`pyro_vae.config`), so a run from
+Python writes the run directory the command line writes: ``config.yaml``,
+``metrics.jsonl``, ``summary.json``, checkpoints, snapshots and figures, with exact resume
+(``resume=True``), the non-finite policy, signals and the progress bar.
+
+A finished run is never retrained silently: it is left as it is (``overwrite=True``
+retrains it from scratch). A run is continued only with ``resume=True``: an interrupted
+one from its last checkpoint, a finished one when more ``epochs``/``num_samples`` are asked
+for. The global random state (the model's initialisation, the estimators' noise) is the
+caller's: seed it (``pyro.set_rng_seed``) before building the model; ``seed`` here orders
+the minibatches and their binarisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from pyro.infer import ELBO
+
+from ..data import Dataset, Minibatches, RunData, prepare_data, tensor_dataset
+from ..errors import ArgumentError, TrainingInterrupted, refuse
+from ..methods import build_method
+from ..methods.base import TrainingMethod
+from ..model import VAE
+from ..optim import OptimizerFactory, optimizer_factory
+from ..plots import plot_figures
+from .hooks import (
+    Checkpoints,
+    MetricsLog,
+    NonFinitePolicy,
+    ProgressBar,
+    RunRecord,
+    Snapshots,
+    StepSizeSearch,
+    StopOnSignals,
+)
+from .loop import Callback, Trainer
+from .rundir import LAST_CHECKPOINT, RunDir
+
+logger = logging.getLogger("pyro_vae.training")
+
+SNAPSHOT_SCHEDULES = ("log", "all", "none")
+
+
+def train(
+    vae: VAE,
+    data: torch.Tensor | Dataset | RunData,
+    run_dir: str | os.PathLike,
+    *,
+    test: torch.Tensor | None = None,
+    method: str | TrainingMethod = "aevb",
+    estimator: str | ELBO = "trace_elbo",
+    num_particles: int = 1,
+    optimizer: str | OptimizerFactory = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    clip_grad_norm: float | None = None,
+    fast: bool = False,
+    epochs: int = 10,
+    num_samples: int | None = None,
+    batch_size: int = 100,
+    binarize: str = "none",
+    seed: int = 0,
+    eval_batch_size: int = 1000,
+    checkpoint_every: int = 1,
+    checkpoint_every_steps: int | None = None,
+    checkpoint_every_seconds: float | None = None,
+    snapshots: str = "log",
+    skip_nonfinite: bool = False,
+    progress: bool = True,
+    plots: bool = True,
+    lr_search: Sequence[float] | None = None,
+    lr_search_steps: int = 100,
+    resume: bool = False,
+    overwrite: bool = False,
+    config: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Train ``vae`` on ``data`` into ``run_dir``; returns the run's summary.
+
+    Args:
+        vae: the model (:class:`~pyro_vae.model.VAE`, any networks and prior); its
+            ``num_data`` is set to the training set's size when unset.
+        data: training data [N, D] (or [N, H, W]), a :class:`~pyro_vae.data.Dataset`
+            (``load_dataset("mnist")``), or prepared :class:`RunData`; moved to the
+            model's device.
+        test: test data when ``data`` is a tensor (else the training data are evaluated).
+        method: ``"aevb"``, ``"wake_sleep"``, ``"mcem"`` or a method object (then
+            ``estimator``, ``num_particles``, ``optimizer``, ``lr``, ``weight_decay``,
+            ``clip_grad_norm`` and ``fast`` are the object's business).
+        estimator: for AEVB, a name (:func:`~pyro_vae.estimators.build_estimator`) or an
+            ELBO object.
+        optimizer: ``"adam"``, ``"adagrad"``, or parameters -> torch optimiser.
+        epochs / num_samples: how long (``num_samples`` training points, when given).
+        binarize: ``"dynamic"`` draws a fresh Bernoulli sample of each minibatch (grey-level
+            data under a Bernoulli likelihood); ``"none"`` trains on the data as they are.
+        checkpoint_every(_steps, _seconds), snapshots, skip_nonfinite, progress, plots,
+        lr_search, lr_search_steps: as the command line's keys of the same names.
+        resume / overwrite: continue the unfinished run in ``run_dir`` / retrain it.
+        config: what to record as ``config.yaml`` (the command line passes its resolved
+            configuration); by default the arguments of this call and the model's settings.
+        callbacks: more side effects, called after the built-in ones.
+    """
+    arguments = dict(locals())
+    run = RunDir(run_dir)
+    _check_settings(epochs, num_samples, batch_size, snapshots, checkpoint_every)
+    if not run.check_start(resume, overwrite):
+        logger.info(
+            "%s already holds a finished run; not retraining it "
+            "(overwrite=true to train it again from scratch)",
+            run.path,
+        )
+        return run.summary()
+    device = next(vae.parameters()).device
+    data = _as_run_data(data, test, binarize, vae, device)
+    if vae.num_data is None:
+        vae.num_data = data.num_train
+    elif vae.num_data != data.num_train:
+        raise refuse("vae.num_data", vae.num_data, f"the {data.num_train} training points")
+    if batch_size > data.num_train:
+        raise refuse(
+            "batch_size",
+            batch_size,
+            f"at most the {data.num_train} training points of dataset={data.dataset.name}",
+        )
+    if isinstance(method, str):
+        describe = f"method={method}" + (
+            f", estimator={_name(estimator)}" if method == "aevb" else ""
+        )
+        if isinstance(optimizer, str):
+            optimizer = optimizer_factory(optimizer, lr=lr, weight_decay=weight_decay)
+        options: dict[str, Any] = {"optimizer": optimizer, "clip_grad_norm": clip_grad_norm}
+        if method == "aevb":
+            options.update(estimator=estimator, num_particles=num_particles, fast=fast)
+        method = build_method(method, vae, **options)
+    else:
+        describe = type(method).__name__
+    record = dict(config) if config is not None else _default_record(arguments, vae, data)
+    batches = Minibatches(
+        data.train, batch_size, seed=seed, binarize=data.train_binarize, device=device
+    )
+    checkpoints = Checkpoints(
+        run, checkpoint_every, checkpoint_every_steps, checkpoint_every_seconds
+    )
+    hooks: list[Callback] = []
+    if lr_search:
+        hooks.append(StepSizeSearch(lr_search, lr_search_steps))
+    hooks += [
+        RunRecord(run, record),
+        StopOnSignals(),
+        ProgressBar(progress),
+        Snapshots(run, snapshots),
+        MetricsLog(run),
+        checkpoints,
+        NonFinitePolicy(skip_nonfinite, checkpoints),
+        *callbacks,
+    ]
+    trainer = Trainer(
+        method,
+        batches,
+        data.test,
+        epochs=epochs,
+        num_samples=num_samples,
+        eval_batch_size=eval_batch_size,
+        callbacks=hooks,
+        meta=data.meta(),
+        describe=describe,
+    )
+    with run.lock():
+        if overwrite:
+            run.clear()
+        summary = _fit(trainer, run, checkpoints, resume)
+    if plots and summary.get("status") == "finished":
+        mode = vae.training
+        try:
+            vae.eval()
+            plot_figures(vae, data, run.figure_dir, run.metrics(), title=_title(record))
+        except Exception as e:  # the trained model is saved; a figure must not undo that
+            logger.warning("plotting failed (%s: %s)", type(e).__name__, e)
+        finally:
+            vae.train(mode)
+    return summary
+
+
+def _title(record: dict[str, Any]) -> str:
+    name = record.get("dataset", {}).get("name", "data")
+    return f"{name}, Nz={record.get('latent_dim', '?')}: lower bound per datapoint"
+
+
+def _fit(trainer: Trainer, run: RunDir, checkpoints: Checkpoints, resume: bool) -> dict[str, Any]:
+    """Resume or start ``trainer`` in ``run``, handle stops, write the final summary."""
+    run.remove_partial_files()
+    if resume and run.has_checkpoint():
+        state, path = run.resume_checkpoint()
+        trainer.load_state_dict(state)
+        if run.is_finished() and trainer.done():  # e.g. a -m sweep resumed: leave it be
+            logger.info("%s already holds a finished run; nothing to resume", run.path)
+            return run.summary()
+        pos = trainer.position
+        logger.info(
+            "resuming %s from %s at step %d (epoch %d, batch %d of %d)",
+            run.path,
+            path.name,
+            pos.step,
+            pos.epoch + 1,
+            pos.batch,
+            len(trainer.batches),
+        )
+    elif resume:
+        logger.info("%s has no checkpoint yet: training from the start", run.path)
+    resume_hint = f"pyro-vae train run_dir={run.path} resume=true"
+    try:
+        last = trainer.fit()
+    except TrainingInterrupted as e:
+        if checkpoints.step != trainer.position.step:  # not when one was just written
+            checkpoints.save(trainer)
+        pos = trainer.position
+        run.update_summary(status="interrupted", step=pos.step, samples=pos.samples)
+        logger.warning(
+            "\n%s: stopped at step %d; checkpoint saved to %s. Resume with:\n  %s",
+            e,
+            pos.step,
+            run.checkpoint_dir / LAST_CHECKPOINT,
+            resume_hint,
+            extra={"plain": True},
+        )
+        raise
+    except KeyboardInterrupt:
+        # Raised inside a step (a second Ctrl-C): the state in memory is not consistent,
+        # so the newest checkpoint on disk is where this run resumes.
+        run.update_summary(status="interrupted", step=checkpoints.step)
+        where = (
+            f"resume from its last checkpoint (step {checkpoints.step}) with:\n  {resume_hint}"
+            if checkpoints.step
+            else "no checkpoint was written yet; run the same command to start again"
+        )
+        logger.warning("\nstopped at once; %s", where, extra={"plain": True})
+        raise
+    except BaseException as e:
+        run.update_summary(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    rows = run.metrics()
+    pos = trainer.position
+    return run.update_summary(
+        status="finished",
+        epochs=pos.epoch,
+        steps=pos.step,
+        samples=pos.samples,
+        skipped_steps=pos.skipped_steps,
+        train_seconds=round(pos.train_seconds, 2),
+        train_elbo=last.get("train_elbo", rows[-1]["train_elbo"] if rows else None),
+        test_elbo=last.get("test_elbo", rows[-1]["test_elbo"] if rows else None),
+        best_test_elbo=max((r["test_elbo"] for r in rows), default=None),
+    )
+
+
+def _as_run_data(
+    data: torch.Tensor | Dataset | RunData,
+    test: torch.Tensor | None,
+    binarize: str,
+    vae: VAE,
+    device: torch.device,
+) -> RunData:
+    if isinstance(data, RunData):
+        if test is not None:
+            raise ArgumentError("test= is for tensors; prepared RunData carry their test set")
+        return data
+    if isinstance(data, torch.Tensor):
+        data = tensor_dataset(data, test)
+    elif test is not None:
+        raise ArgumentError("test= is for tensors; a Dataset carries its test set")
+    if not isinstance(data, Dataset):
+        raise refuse("data", type(data).__name__, "a tensor, a Dataset or RunData")
+    likelihood = getattr(vae.likelihood, "name", None)
+    return prepare_data(data, binarize_train=binarize, likelihood=likelihood, device=device)
+
+
+def _check_settings(
+    epochs: Any, num_samples: Any, batch_size: Any, snapshots: str, checkpoint_every: Any
+) -> None:
+    for key, value, minimum in (
+        ("epochs", epochs, 0),
+        ("batch_size", batch_size, 1),
+        ("checkpoint_every", checkpoint_every, 1),
+        ("num_samples", 1 if num_samples is None else num_samples, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise refuse(key, value, f"an integer >= {minimum}")
+    if snapshots not in SNAPSHOT_SCHEDULES:
+        raise refuse("snapshots", snapshots, f"one of {list(SNAPSHOT_SCHEDULES)}")
+
+
+def _name(estimator: str | ELBO) -> str:
+    return estimator if isinstance(estimator, str) else type(estimator).__name__
+
+
+def _default_record(args: dict[str, Any], vae: VAE, data: RunData) -> dict[str, Any]:
+    """``config.yaml`` of a run started from Python: the command line's keys where they
+    apply, so ``pyro-vae evaluate/plot/compare`` read it; the model's settings when it is
+    the paper's MLP (:meth:`VAE.mlp`), which :func:`~pyro_vae.runs.load_run` rebuilds."""
+    method = args["method"]
+    return {
+        "seed": args["seed"],
+        "device": str(next(vae.parameters()).device),
+        "run_dir": str(args["run_dir"]),
+        **(vae.settings or {"model": type(vae).__name__}),
+        "method": method if isinstance(method, str) else type(method).__name__,
+        "epochs": args["epochs"],
+        "num_samples": args["num_samples"],
+        "batch_size": args["batch_size"],
+        "num_particles": args["num_particles"],
+        "fast": args["fast"],
+        "lr": args["lr"],
+        "weight_decay": args["weight_decay"],
+        "lr_search": list(args["lr_search"]) if args["lr_search"] else None,
+        "lr_search_steps": args["lr_search_steps"],
+        "eval_batch_size": args["eval_batch_size"],
+        "checkpoint_every": args["checkpoint_every"],
+        "checkpoint_every_steps": args["checkpoint_every_steps"],
+        "checkpoint_every_seconds": args["checkpoint_every_seconds"],
+        "skip_nonfinite": args["skip_nonfinite"],
+        "clip_grad_norm": args["clip_grad_norm"],
+        "snapshots": args["snapshots"],
+        "progress": args["progress"],
+        "plots": args["plots"],
+        "dataset": {"name": data.dataset.name, "binarize": args["binarize"]},
+        "estimator": {"name": _name(args["estimator"])},
+        "optim": {"name": args["optimizer"] if isinstance(args["optimizer"], str) else "custom"},
+    }
