@@ -18,6 +18,8 @@ from ..errors import ConfigError
 from .build import (
     RESUMABLE_KEYS,
     Experiment,
+    build_model,
+    build_training_method,
     instantiate,
     method_options,
     resumed_config,
@@ -46,6 +48,8 @@ __all__ = [
     "Experiment",
     "MCEMConfig",
     "as_plain",
+    "build_model",
+    "build_training_method",
     "check_overrides",
     "compose_config",
     "config_choices",

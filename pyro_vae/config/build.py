@@ -98,7 +98,7 @@ class Experiment:
 
 
 def method_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``build_method(cfg["method"], vae, ...)``."""
+    """The keyword arguments of ``build_method(cfg["method"], vae, ...)`` (plain ``cfg``)."""
     optim = {k: v for k, v in cfg["optim"].items() if k != "name"}
     options: dict[str, Any] = {
         "optimizer": optimizer_factory(
@@ -119,6 +119,22 @@ def method_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def build_model(cfg: Mapping[str, Any] | DictConfig, x_dim: int, num_data: int | None) -> VAE:
+    """The configuration's VAE for data of ``x_dim`` values and ``num_data`` training points
+    (:meth:`pyro_vae.VAE.from_settings`); the caller seeds the random state first."""
+    cfg = as_plain(cfg)
+    return VAE.from_settings({**cfg, "prior": prior_spec(cfg["prior"])}, x_dim, num_data)
+
+
+def build_training_method(cfg: Mapping[str, Any] | DictConfig, vae: VAE) -> TrainingMethod:
+    """The configuration's training method on ``vae`` (:func:`pyro_vae.build_method`)."""
+    cfg = as_plain(cfg)
+    try:
+        return build_method(cfg["method"], vae, **method_options(cfg))
+    except ArgumentError as e:
+        raise ConfigError(str(e)) from None
+
+
 def instantiate(cfg: Mapping[str, Any] | DictConfig) -> Experiment:
     """Validate ``cfg`` and build its data, model and training method.
 
@@ -136,12 +152,8 @@ def instantiate(cfg: Mapping[str, Any] | DictConfig) -> Experiment:
             f"at most the {data.num_train} training points of dataset={cfg['dataset']['name']}",
         )
     pyro.set_rng_seed(cfg["seed"])
-    settings = {**cfg, "prior": prior_spec(cfg["prior"])}
-    vae = VAE.from_settings(settings, data.x_dim, num_data=data.num_train).to(device)
-    try:
-        method = build_method(cfg["method"], vae, **method_options(cfg))
-    except ArgumentError as e:
-        raise ConfigError(str(e)) from None
+    vae = build_model(cfg, data.x_dim, data.num_train).to(device)
+    method = build_training_method(cfg, vae)
     return Experiment(cfg=cfg, data=data, vae=vae, method=method)
 
 
