@@ -14,8 +14,6 @@ The command line (``pyro-vae train key=value ...``, :mod:`pyro_vae.config`) is a
 layer that turns a configuration into these same objects.
 """
 
-__version__ = "0.1.0"
-
 from .data import Dataset, Minibatches, RunData, load_dataset, tensor_dataset
 from .errors import (
     ArgumentError,
@@ -49,6 +47,7 @@ from .priors import (
 )
 from .runs import LoadedRun, evaluate_run, load_data, load_run, plot_run
 from .training import Callback, RunDir, Trainer, TrainingPosition, train
+from .version import __version__
 
 # The variance lab and run comparison: loaded on first use.
 _LAZY = {

@@ -32,9 +32,9 @@ import pyro
 import torch
 from tqdm import tqdm
 
-from .. import __version__
 from ..errors import NonFiniteError, TrainingError, TrainingInterrupted
 from ..optim import set_lr
+from ..version import __version__
 from .loop import Callback, Trainer, set_rng_state
 from .rundir import LAST_CHECKPOINT, RunDir, snapshot_name
 

@@ -31,12 +31,12 @@ from typing import Any
 import pyro
 import torch
 
-from .. import __version__
 from ..data import Minibatches
 from ..errors import NonFiniteError
 from ..evaluate import mean_elbo
 from ..methods.base import TrainingMethod
 from ..optim import check_finite_loss
+from ..version import __version__
 
 
 @dataclass
