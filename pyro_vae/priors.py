@@ -53,6 +53,11 @@ class Prior(PyroModule):
 
     name = "prior"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__  # a label until a configuration gives its own
+
     def __new__(cls, *args: Any, **kwargs: Any):
         self = super().__new__(cls)
         # The constructor's arguments, so that spec() can record how to build it again.

@@ -28,7 +28,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +66,10 @@ class Dataset:
     valid: torch.Tensor | None = None  # binarized_mnist's 10000-point validation split
     train_labels: torch.Tensor | None = None  # int64 digit classes (MNIST), for plots only
     test_labels: torch.Tensor | None = None
+    #: How it was loaded: the arguments of :func:`load_dataset` that read it again (what a
+    #: run directory records, so ``pyro-vae evaluate`` finds the data of a run started in
+    #: Python). Empty for data that are no files (tensors given in Python).
+    settings: dict = field(default_factory=dict)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -151,6 +155,16 @@ def load_dataset(
         }[name]
         dataset = loader(resolve_data_dir(data_dir), urls, download)
 
+    settings = {"name": name, "data_dir": None if data_dir is None else str(data_dir)}
+    if name == "array":
+        settings.update(
+            path=str(path),
+            test_path=None if test_path is None else str(test_path),
+            test_fraction=test_fraction,
+            image_shape=None if image_shape is None else list(image_shape),
+        )
+    settings["train_size"] = train_size
+    dataset = replace(dataset, settings=settings)
     if train_size is None:
         return dataset
     n = dataset.train.shape[0]

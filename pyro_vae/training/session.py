@@ -71,6 +71,8 @@ def train(
     num_samples: int | None = None,
     batch_size: int = 100,
     binarize: str = "none",
+    test_binarize: str = "none",
+    binarize_seed: int = 0,
     seed: int = 0,
     eval_batch_size: int = 1000,
     checkpoint_every: int = 1,
@@ -104,7 +106,10 @@ def train(
         optimizer: ``"adam"``, ``"adagrad"``, or parameters -> torch optimiser.
         epochs / num_samples: how long (``num_samples`` training points, when given).
         binarize: ``"dynamic"`` draws a fresh Bernoulli sample of each minibatch (grey-level
-            data under a Bernoulli likelihood); ``"none"`` trains on the data as they are.
+            data under a Bernoulli likelihood), ``"fixed"`` one sample of the training set
+            (``binarize_seed``), ``"none"`` trains on the data as they are.
+        test_binarize: ``"fixed"`` evaluates on one Bernoulli sample of the test set (the
+            command line's default for MNIST), ``"none"`` on the data as they are.
         checkpoint_every(_steps, _seconds), snapshots, skip_nonfinite, progress, plots,
         lr_search, lr_search_steps: as the command line's keys of the same names.
         resume / overwrite: continue the unfinished run in ``run_dir`` / retrain it.
@@ -123,7 +128,7 @@ def train(
         )
         return run.summary()
     device = next(vae.parameters()).device
-    data = _as_run_data(data, test, binarize, vae, device)
+    data = _as_run_data(data, test, vae, device, binarize, test_binarize, binarize_seed)
     if vae.num_data is None:
         vae.num_data = data.num_train
     elif vae.num_data != data.num_train:
@@ -268,9 +273,9 @@ def _fit(trainer: Trainer, run: RunDir, checkpoints: Checkpoints, resume: bool) 
 def _as_run_data(
     data: torch.Tensor | Dataset | RunData,
     test: torch.Tensor | None,
-    binarize: str,
     vae: VAE,
     device: torch.device,
+    *binarization: Any,
 ) -> RunData:
     if isinstance(data, RunData):
         if test is not None:
@@ -282,8 +287,15 @@ def _as_run_data(
         raise ArgumentError("test= is for tensors; a Dataset carries its test set")
     if not isinstance(data, Dataset):
         raise refuse("data", type(data).__name__, "a tensor, a Dataset or RunData")
-    likelihood = getattr(vae.likelihood, "name", None)
-    return prepare_data(data, binarize_train=binarize, likelihood=likelihood, device=device)
+    binarize_train, binarize_test, seed = binarization
+    return prepare_data(
+        data,
+        binarize_train=binarize_train,
+        binarize_test=binarize_test,
+        binarize_seed=seed,
+        likelihood=getattr(vae.likelihood, "name", None),
+        device=device,
+    )
 
 
 def _check_settings(
@@ -310,11 +322,19 @@ def _default_record(args: dict[str, Any], vae: VAE, data: RunData) -> dict[str, 
     apply, so ``pyro-vae evaluate/plot/compare`` read it; the model's settings when it is
     the paper's MLP (:meth:`VAE.mlp`), which :func:`~pyro_vae.runs.load_run` rebuilds."""
     method = args["method"]
+    dataset = dict(data.dataset.settings) or {"name": data.dataset.name}
+    data_dir = dataset.pop("data_dir", None)
+    model = vae.settings or {
+        "model": type(vae).__name__,
+        "likelihood": getattr(vae.likelihood, "name", None),
+    }
     return {
         "seed": args["seed"],
         "device": str(next(vae.parameters()).device),
+        "data_dir": data_dir,
+        "download": False,
         "run_dir": str(args["run_dir"]),
-        **(vae.settings or {"model": type(vae).__name__}),
+        **model,
         "method": method if isinstance(method, str) else type(method).__name__,
         "epochs": args["epochs"],
         "num_samples": args["num_samples"],
@@ -334,7 +354,12 @@ def _default_record(args: dict[str, Any], vae: VAE, data: RunData) -> dict[str, 
         "snapshots": args["snapshots"],
         "progress": args["progress"],
         "plots": args["plots"],
-        "dataset": {"name": data.dataset.name, "binarize": args["binarize"]},
+        "dataset": {
+            **dataset,
+            "binarize": args["binarize"],
+            "test_binarize": args["test_binarize"],
+            "binarize_seed": args["binarize_seed"],
+        },
         "estimator": {"name": _name(args["estimator"])},
         "optim": {"name": args["optimizer"] if isinstance(args["optimizer"], str) else "custom"},
     }
