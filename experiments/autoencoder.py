@@ -44,10 +44,9 @@ from common import Options, finish, save_csv, save_figure, show_images, sweep
 from matplotlib.figure import Figure
 from torch import nn
 
-from pyro_vae.config import compose_config
-from pyro_vae.data import Minibatches, binarize
-from pyro_vae.experiment import RunData, load_data, load_run
-from pyro_vae.networks import BernoulliDecoder, GaussianEncoder
+from pyro_vae import BernoulliDecoder, GaussianEncoder, Minibatches, RunData, load_data, load_run
+from pyro_vae.config import as_plain, compose_config
+from pyro_vae.data import binarize
 
 SAMPLES = {"smoke": 20_000, "cpu": 600_000, "full": 6_000_000}
 # (loss, latent_dim, hidden_dims)
@@ -151,7 +150,7 @@ def main(argv: list[str]) -> None:
         ],
     )
     vaes = {r.config["latent_dim"]: r for r in vaes if r.config["num_samples"] == samples}
-    data = load_data(compose_config([f"data_dir={opts.data_dir}", "dataset=mnist"]))
+    data = load_data(as_plain(compose_config([f"data_dir={opts.data_dir}", "dataset=mnist"])))
     test = data.test
     noise = binarize(torch.full((1000, data.x_dim), 0.5), seed=1)
 

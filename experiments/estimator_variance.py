@@ -25,14 +25,19 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.config import compose_config
-from pyro_vae.data import Minibatches
-from pyro_vae.estimators import ESTIMATORS
-from pyro_vae.evaluate import importance_log_likelihood
-from pyro_vae.experiment import load_run
-from pyro_vae.rundir import RunDir, atomic_write_text
-from pyro_vae.train import run_training
-from pyro_vae.variance import markdown_table, variance_lab, write_report
+from pyro_vae import (
+    ESTIMATORS,
+    Minibatches,
+    RunDir,
+    importance_log_likelihood,
+    load_run,
+    variance_lab,
+    write_report,
+)
+from pyro_vae.atomic import atomic_write
+from pyro_vae.cli import configure_logging
+from pyro_vae.config import compose_config, run_training
+from pyro_vae.variance import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "estimator_variance"
@@ -123,7 +128,7 @@ def variance_study(args: argparse.Namespace) -> None:
     )
     print(markdown_table(rows))
     paths = write_report(rows, args.out, header)
-    atomic_write_text(
+    atomic_write(
         Path(args.out) / "machine.json",
         json.dumps({**machine(), "lab_seconds": round(seconds, 1), **speed}, indent=2) + "\n",
     )
@@ -156,7 +161,7 @@ def training_study(args: argparse.Namespace) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "training.csv", buf.getvalue())
+    atomic_write(out / "training.csv", buf.getvalue())
     head = f"| overrides | test ELBO | test log p(x), K={args.k} | training time (s) |"
     lines = [head, "|---|---|---|---|"] + [
         f"| `{r['overrides']}` | {r['test_elbo']:.2f} | {r[f'test_log_px_k{args.k}']:.2f} "
@@ -171,8 +176,8 @@ def training_study(args: argparse.Namespace) -> None:
         "reparameterised sample per test image (estimator A's bound, whatever the training "
         f"estimator); log p(x): importance sampling with K={args.k} encoder samples.\n\n"
     )
-    atomic_write_text(out / "training.md", text + "\n".join(lines) + "\n")
-    atomic_write_text(out / "training_machine.json", json.dumps(machine(), indent=2) + "\n")
+    atomic_write(out / "training.md", text + "\n".join(lines) + "\n")
+    atomic_write(out / "training_machine.json", json.dumps(machine(), indent=2) + "\n")
     print(text + "\n".join(lines))
 
 
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra train override"
     )
     args = parser.parse_args(argv)
+    configure_logging()  # the package's messages on stderr, as pyro-vae train shows them
     (training_study if args.training else variance_study)(args)
     return 0
 

@@ -5,7 +5,7 @@
 MNIST, Nz = 3, 100 hidden units, training sets of the first 1000 and the first 50000
 images; the paper's settings (``+experiment=paper``) for all three methods; MCEM with its
 defaults (10 leapfrog steps, step size tuned to 90% acceptance, 5 weight updates per
-E-step; ``pyro_vae/baselines/mcem.py``). Every model snapshot (epochs 1, 2, 4, 8, ... and
+E-step; ``pyro_vae/methods/mcem.py``). Every model snapshot (epochs 1, 2, 4, 8, ... and
 the last) is evaluated with the paper's estimator (appendix D, ``pyro_vae/marginal.py``)
 and with importance sampling (encoder proposal, K = 1000) on the same fixed points: the
 first ``points`` training images (binarised once) and the first ``points`` test images.
@@ -29,11 +29,14 @@ import torch
 from common import Options, finish, save_csv, save_figure, sweep
 from matplotlib.figure import Figure
 
+from pyro_vae import (
+    RunDir,
+    appendix_d_log_likelihood,
+    importance_log_likelihood,
+    load_data,
+    load_run,
+)
 from pyro_vae.data import binarize
-from pyro_vae.evaluate import importance_log_likelihood
-from pyro_vae.experiment import load_data, load_run
-from pyro_vae.marginal import appendix_d_log_likelihood
-from pyro_vae.rundir import RunDir
 
 TRAIN_SIZES = (1000, 50000)
 METHODS = ("aevb", "wake_sleep", "mcem")

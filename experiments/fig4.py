@@ -18,7 +18,7 @@ import sys
 from common import Options, finish, paper_runs, run_row, save_csv, save_figure, show_images
 from matplotlib.figure import Figure
 
-from pyro_vae.experiment import load_run
+from pyro_vae import load_run
 from pyro_vae.plots import latent_grid
 
 GRID = {"frey_face": 20, "mnist": 20}

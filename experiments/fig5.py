@@ -17,7 +17,7 @@ import torch
 from common import Options, finish, paper_runs, run_row, save_csv, save_figure, show_images
 from matplotlib.figure import Figure
 
-from pyro_vae.experiment import load_run
+from pyro_vae import load_run
 
 LATENT_DIMS = (2, 5, 10, 20)
 

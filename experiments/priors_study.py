@@ -33,14 +33,10 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.cli import parse_key_values
-from pyro_vae.config import compose_config
-from pyro_vae.evaluate import importance_log_likelihood
-from pyro_vae.experiment import load_run
-from pyro_vae.model import VAE
+from pyro_vae import VAE, RunDir, importance_log_likelihood, load_run
+from pyro_vae.cli import configure_logging, parse_key_values
+from pyro_vae.config import compose_config, run_training
 from pyro_vae.plots import image_grid, plot_samples
-from pyro_vae.rundir import RunDir
-from pyro_vae.train import run_training
 
 PRIORS = (
     "standard_normal",
@@ -79,9 +75,9 @@ def elbo_terms(
     recon, kl = [], []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
-        q = vae.encoder.distribution(xb)
+        q = vae.encode(xb)
         z = q.sample((num_samples,))
-        recon.append(vae.decoder.distribution(z).log_prob(xb).mean(0))
+        recon.append(vae.decode(z).log_prob(xb).mean(0))
         kl.append((q.log_prob(z) - vae.prior().log_prob(z)).mean(0))
     recon, kl = torch.cat(recon), torch.cat(kl)
     out: dict[str, float] = {}
@@ -204,6 +200,7 @@ def main(argv: list[str]) -> int:
     }
     types = {k: type(v) if v is not None else str for k, v in opts.items()}
     opts.update(parse_key_values(argv, types, "priors_study"))
+    configure_logging()  # the package's messages on stderr, as pyro-vae train shows them
     Path(opts["out"]).mkdir(parents=True, exist_ok=True)
     rows = []
     for prior in opts["priors"].split(","):

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .build import (
     RESUMABLE_KEYS,
     Experiment,
+    build_data,
     build_model,
     build_training_method,
     instantiate,
@@ -48,6 +49,7 @@ __all__ = [
     "Experiment",
     "MCEMConfig",
     "as_plain",
+    "build_data",
     "build_model",
     "build_training_method",
     "check_overrides",

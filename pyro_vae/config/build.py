@@ -119,6 +119,20 @@ def method_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def build_data(cfg: Mapping[str, Any] | DictConfig) -> RunData:
+    """The configuration's data on its device (:func:`pyro_vae.runs.load_data`), with
+    ``batch_size`` checked against the training set's size."""
+    cfg = as_plain(cfg)
+    data = load_data(cfg, resolve_device(cfg["device"]))
+    if cfg["batch_size"] > data.num_train:
+        raise ConfigError.refuse(
+            "batch_size",
+            cfg["batch_size"],
+            f"at most the {data.num_train} training points of dataset={cfg['dataset']['name']}",
+        )
+    return data
+
+
 def build_model(cfg: Mapping[str, Any] | DictConfig, x_dim: int, num_data: int | None) -> VAE:
     """The configuration's VAE for data of ``x_dim`` values and ``num_data`` training points
     (:meth:`pyro_vae.VAE.from_settings`); the caller seeds the random state first."""
@@ -142,17 +156,10 @@ def instantiate(cfg: Mapping[str, Any] | DictConfig) -> Experiment:
     gives the same initialisation, and so the same numbers.
     """
     cfg = validate_config(cfg)
-    device = resolve_device(cfg["device"])
     pyro.enable_validation(cfg["validate"])
-    data = load_data(cfg, device)
-    if cfg["batch_size"] > data.num_train:
-        raise ConfigError.refuse(
-            "batch_size",
-            cfg["batch_size"],
-            f"at most the {data.num_train} training points of dataset={cfg['dataset']['name']}",
-        )
+    data = build_data(cfg)
     pyro.set_rng_seed(cfg["seed"])
-    vae = build_model(cfg, data.x_dim, data.num_train).to(device)
+    vae = build_model(cfg, data.x_dim, data.num_train).to(data.train.device)
     method = build_training_method(cfg, vae)
     return Experiment(cfg=cfg, data=data, vae=vae, method=method)
 

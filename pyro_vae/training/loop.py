@@ -149,9 +149,10 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until :meth:`done`; returns the last metrics row ({} if nothing was left)."""
         pos, row = self.position, {}
-        self._start_wall = time.perf_counter()
         try:
             self._call("on_fit_start")
+            # Wall time counts from here: the step-size search is not part of the run.
+            self._start_wall = time.perf_counter()
             while not self.done():
                 self._call("on_epoch_start")
                 tick = time.perf_counter()
