@@ -79,10 +79,14 @@ class Prior(PyroModule):
         """A specification :func:`build_prior` builds this prior from again (its learned
         values come from the model's ``state_dict``)."""
         args, kwargs = self._init_arguments
-        bound = inspect.signature(type(self)).bind_partial(*args, **kwargs).arguments
-        params = {
-            k: _plain_value(v) for k, v in bound.items() if k not in ("latent_dim", *CONTEXT_KEYS)
-        }
+        signature = inspect.signature(type(self))
+        params: dict[str, Any] = {}
+        for key, value in signature.bind_partial(*args, **kwargs).arguments.items():
+            if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                params.update(value)
+            elif key not in ("latent_dim", *CONTEXT_KEYS):
+                params[key] = value
+        params = {k: _plain_value(v) for k, v in params.items()}
         return {"name": self.name, "_target_": _path(type(self)), **params}
 
     def _hold(self, name: str, value: torch.Tensor, constraint: Any, learnable: bool) -> None:
@@ -127,6 +131,7 @@ class Factorized(Prior):
     ):
         super().__init__(latent_dim)
         self.family = family
+        self.name = family.__name__  # a label until a configuration gives its own
         what = _path(family)
         if not isinstance(learnable, bool):
             raise refuse("learnable", learnable, "true or false")
@@ -162,7 +167,8 @@ class Factorized(Prior):
 
     def spec(self) -> dict[str, Any]:
         spec = super().spec()
-        return {"name": spec.pop("name"), "_target_": spec.pop("family"), **spec}
+        spec["_target_"] = spec.pop("family")  # the family is what build_prior takes
+        return spec
 
 
 class DiagonalNormalMixture(dist.MixtureSameFamily):

@@ -1,5 +1,6 @@
 """Wake-sleep's two phases, the MCEM step and batched HMC, checked on a linear-Gaussian model
-whose posterior and log p(x) are known in closed form; then both methods in the trainer."""
+whose posterior and log p(x) are known in closed form; then both methods in the trainer, and
+their refusal of a prior defined through the encoder."""
 
 import math
 
@@ -8,30 +9,44 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae.baselines.mcem import MCEM
-from pyro_vae.baselines.wake_sleep import WakeSleep
+from pyro_vae.config import (
+    ConfigError,
+    build_model,
+    build_training_method,
+    compose_config,
+    run_training,
+    validate_config,
+)
+from pyro_vae.errors import ArgumentError
 from pyro_vae.hmc import adapt_step_size, hmc_step, log_joint
+from pyro_vae.methods import MCEM, WakeSleep
 from pyro_vae.model import VAE
-from pyro_vae.priors import StandardNormal
-from pyro_vae.rundir import RunDir
-
-from .test_train import numbers
+from pyro_vae.optim import optimizer_factory
+from pyro_vae.priors import StandardNormal, VampPrior
+from pyro_vae.training.rundir import RunDir
 
 X_DIM, Z_DIM, NOISE = 5, 2, 0.5
 
 
+def numbers(rows):
+    """Metrics without the wall-clock fields, which legitimately differ between runs."""
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+
 class LinearDecoder(nn.Module):
-    """p(x|z) = N(W z + b, s^2 I)."""
+    """z -> W z + b, the mean of p(x|z) = N(W z + b, s^2 I) (:func:`linear_gaussian`)."""
 
-    def __init__(self, W, b, s):
+    def __init__(self, W, b):
         super().__init__()
-        self.W, self.b, self.s = nn.Parameter(W.clone()), nn.Parameter(b.clone()), s
+        self.W, self.b = nn.Parameter(W.clone()), nn.Parameter(b.clone())
 
-    def distribution(self, z):
-        return dist.Normal(z @ self.W.T + self.b, self.s).to_event(1)
-
-    def mean(self, z):
+    def forward(self, z):
         return z @ self.W.T + self.b
+
+
+def linear_gaussian(mean):
+    """The likelihood p(x|z) = N(mean, NOISE^2 I) of the decoder's output."""
+    return dist.Normal(mean, NOISE).to_event(1)
 
 
 def linear_gaussian_vae(num_data, seed=0):
@@ -43,8 +58,16 @@ def linear_gaussian_vae(num_data, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(X_DIM, Z_DIM, generator=g))
     W, b = q * torch.tensor([2.0, 1.2]), torch.randn(X_DIM, generator=g)
-    vae = VAE(X_DIM, Z_DIM, [], "gaussian", StandardNormal(Z_DIM), num_data=num_data)
-    vae.decoder = LinearDecoder(W, b, NOISE)
+    # The paper's networks are drawn first, so the seeded tests below see the random stream
+    # they were written with; its decoder is replaced by the linear one.
+    paper = VAE.mlp(X_DIM, Z_DIM, [], "gaussian", prior=StandardNormal(Z_DIM))
+    vae = VAE(
+        paper.encoder,
+        LinearDecoder(W, b),
+        StandardNormal(Z_DIM),
+        likelihood=linear_gaussian,
+        num_data=num_data,
+    )
     post_var = 1.0 / (1.0 + (W**2).sum(0) / NOISE**2)  # diagonal of the posterior covariance
     with torch.no_grad():
         vae.encoder.loc.weight.copy_(post_var[:, None] * W.T / NOISE**2)
@@ -57,7 +80,7 @@ def linear_gaussian_vae(num_data, seed=0):
 def sample_data(vae, n, seed=1):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, Z_DIM, generator=g)
-    return vae.decoder.mean(z).detach() + NOISE * torch.randn(n, X_DIM, generator=g)
+    return vae.decode_mean(z).detach() + NOISE * torch.randn(n, X_DIM, generator=g)
 
 
 def exact_log_px(vae, x):
@@ -82,16 +105,15 @@ def assert_mean_within_4_se(samples, expected):
     )
 
 
-def cfg_for(tiny_cfg, *extra):
-    return tiny_cfg("lr=0.01", *extra)
+OPTIMIZER = optimizer_factory("adam", lr=0.01)
 
 
-def test_wake_phase_is_fisher_ascent_on_theta_and_leaves_phi_alone(tiny_cfg):
+def test_wake_phase_is_fisher_ascent_on_theta_and_leaves_phi_alone():
     torch.manual_seed(0)
     n = 40
     vae, _ = linear_gaussian_vae(num_data=1000)
     x, idx = sample_data(vae, n), torch.arange(n)
-    ws = WakeSleep(cfg_for(tiny_cfg), vae)
+    ws = WakeSleep(vae, optimizer=OPTIMIZER)
     theta = [vae.decoder.W, vae.decoder.b]
     # With q the exact posterior, E_q[grad_theta log p(x, z)] = grad_theta log p(x)
     # (Fisher's identity), at the plate's scale N/M.
@@ -109,13 +131,13 @@ def test_wake_phase_is_fisher_ascent_on_theta_and_leaves_phi_alone(tiny_cfg):
     )
 
 
-def test_sleep_phase_fits_the_encoder_to_dreams_from_the_model(tiny_cfg):
+def test_sleep_phase_fits_the_encoder_to_dreams_from_the_model():
     torch.manual_seed(0)
     n, shift = 50, torch.tensor([0.3, -0.2])
     vae, post_var = linear_gaussian_vae(num_data=1000)
     with torch.no_grad():
         vae.encoder.loc.bias += shift
-    ws = WakeSleep(cfg_for(tiny_cfg), vae)
+    ws = WakeSleep(vae, optimizer=OPTIMIZER)
     phi = [vae.encoder.loc.bias, vae.encoder.log_var.bias]
     # On (z, x) ~ p(z) p(x|z), -log q(z|x) for q = N(mu_post(x) + shift, post_var) has expected
     # gradient shift / var in the mean's bias and -shift^2 / (2 var) in the log-variance's
@@ -157,15 +179,15 @@ def test_batched_hmc_samples_each_datapoints_posterior_and_tunes_its_step_size()
     assert torch.stack(accepted).mean().item() == pytest.approx(0.9, abs=0.03)
 
 
-def test_mcem_step_keeps_posterior_chains_and_its_m_step_ascends_log_px(tiny_cfg):
+def test_mcem_step_keeps_posterior_chains_and_its_m_step_ascends_log_px():
     torch.manual_seed(0)
     n, copies = 20, 40
     vae, _ = linear_gaussian_vae(num_data=n * copies)
     x = sample_data(vae, n).repeat(copies, 1)  # 40 independent chains per datapoint
     idx = torch.arange(n * copies)
-    mcem = MCEM(cfg_for(tiny_cfg, "method=mcem", "mcem.step_size=0.3"), vae)
+    mcem = MCEM(vae, optimizer=OPTIMIZER, step_size=0.3)
     with torch.no_grad():  # chains started at exact posterior draws
-        mcem.z = vae.encoder.distribution(x).sample()
+        mcem.z = vae.encode(x).sample()
     for _ in range(3):  # HMC leaves the posterior invariant: the draws stay exact
         z = mcem.e_step(x, idx)
     assert not torch.equal(z, vae.encoder(x)[0])
@@ -184,8 +206,6 @@ def test_mcem_step_keeps_posterior_chains_and_its_m_step_ascends_log_px(tiny_cfg
 
 @pytest.mark.parametrize("method", ["wake_sleep", "mcem"])
 def test_baseline_trains_and_resumes_to_the_same_numbers(method, tiny_cfg, tmp_path):
-    from pyro_vae.train import run_training
-
     run_training(tiny_cfg(f"method={method}", "epochs=4", run_dir=tmp_path / "whole"))
     run_training(tiny_cfg(f"method={method}", "epochs=2", run_dir=tmp_path / "parts"))
     run_training(
@@ -200,3 +220,50 @@ def test_baseline_trains_and_resumes_to_the_same_numbers(method, tiny_cfg, tmp_p
     else:  # (MCEM's monitoring ELBO can dip early on while theta outruns the encoder)
         rows = whole.metrics()
         assert rows[-1]["test_elbo"] > rows[0]["test_elbo"]
+
+
+# -- a prior defined through the encoder --------------------------------------------------------
+
+
+def vamp_vae(num_components=3):
+    torch.manual_seed(0)
+    return VAE.mlp(
+        X_DIM,
+        Z_DIM,
+        [4],
+        prior=VampPrior(Z_DIM, X_DIM, num_components=num_components),
+        num_data=10,
+    )
+
+
+@pytest.mark.parametrize(("name", "cls"), [("wake_sleep", WakeSleep), ("mcem", MCEM)])
+def test_baselines_refuse_a_prior_that_depends_on_the_encoder(name, cls):
+    """The VampPrior's density is the encoder's: wake-sleep and MCEM train the encoder on
+    another objective than the generative model, so the prior's gradient through it would
+    be lost. Refused, naming the method and the prior; a prior of its own parameters is not."""
+    with pytest.raises(ArgumentError, match=rf"method={name} with prior=VampPrior is not allowed"):
+        cls(vamp_vae())
+    torch.manual_seed(0)
+    learnable = {"_target_": "pyro.distributions.Normal", "loc": 0.0, "scale": 1.0}
+    vae = VAE.mlp(X_DIM, Z_DIM, [4], prior={**learnable, "learnable": True}, num_data=10)
+    method = cls(vae)
+    prior_params = {id(p) for p in vae.prior.parameters()}
+    assert prior_params and prior_params <= {
+        id(p) for p in method.theta_optim.param_groups[0]["params"]
+    }
+
+
+@pytest.mark.parametrize("method", ["wake_sleep", "mcem"])
+def test_config_refuses_a_baseline_with_the_vamp_prior_naming_both_keys(method):
+    overrides = [f"method={method}", "prior=vamp", "latent_dim=2", "hidden_dims=[4]"]
+    cfg = compose_config(overrides)
+    with pytest.raises(ConfigError, match=rf"method={method} with prior=vamp is not allowed"):
+        validate_config(cfg)
+    # The same refusal where a caller builds the method without validating the whole config.
+    torch.manual_seed(0)
+    vae = build_model(cfg, x_dim=X_DIM, num_data=10)
+    with pytest.raises(ConfigError, match=rf"method={method} with prior=vamp is not allowed"):
+        build_training_method(cfg, vae)
+    # The prior alone, or the method alone, is allowed.
+    validate_config(compose_config(["method=aevb", *overrides[1:]]))
+    validate_config(compose_config([overrides[0], "prior=laplace", *overrides[2:]]))

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
+from pyro_vae.config import run_training
 from pyro_vae.evaluate import importance_log_likelihood
-from pyro_vae.experiment import load_run
 from pyro_vae.marginal import appendix_d_log_likelihood, fit_gaussian, hmc_marginal_log_likelihood
-from pyro_vae.train import run_training
+from pyro_vae.runs import load_run
 
 from .test_evaluate import LinearGaussian, data
 
