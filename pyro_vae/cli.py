@@ -74,7 +74,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
         logger.addHandler(_TqdmHandler())
     logger.setLevel(level)
-    logger.propagate = False
 
 
 def parse_key_values(

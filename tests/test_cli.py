@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from pyro_vae.cli import main
-from pyro_vae.rundir import RunDir
+from pyro_vae.training import RunDir
 
 from .conftest import tiny_overrides
 
@@ -88,3 +88,32 @@ def test_summary_is_valid_json_after_cli_train(bars_path, tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli("train", *tiny_overrides(bars_path, run_dir, "epochs=1")).returncode == 0
     json.loads((run_dir / "summary.json").read_text())
+
+
+def test_a_fractional_epochs_is_refused_before_any_work(bars_path, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", *tiny_overrides(bars_path, run_dir, "epochs=1.5")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: epochs=1.5 is not allowed: expected an integer >= 0\n"
+    assert not run_dir.exists()
+
+
+def test_a_bug_shows_its_traceback_not_an_error_line(bars_path, tmp_path, monkeypatch, capsys):
+    """Only PyroVAEError is a user's error; anything else is a bug, and shows where it is."""
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    # `pyro-vae train`: Hydra's job runner reports the exception with its traceback.
+    monkeypatch.setattr("pyro_vae.config.run_training", bug)
+    with pytest.raises(SystemExit) as exited:
+        main(["train", *tiny_overrides(bars_path, tmp_path / "run")])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: bug" in err
+    assert "error: bug" not in err
+    # The other commands let it propagate, for Python to print the traceback.
+    monkeypatch.setattr("pyro_vae.runs.evaluate_run", bug)
+    with pytest.raises(RuntimeError, match=r"^bug$"):
+        main(["evaluate", str(tmp_path / "run")])
+    assert "error:" not in capsys.readouterr().err

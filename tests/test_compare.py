@@ -6,7 +6,8 @@ import pytest
 
 from pyro_vae.cli import main
 from pyro_vae.compare import compare_runs, find_runs
-from pyro_vae.rundir import RunDir, RunDirError
+from pyro_vae.errors import RunDirError
+from pyro_vae.training import RunDir
 
 from .conftest import tiny_overrides
 

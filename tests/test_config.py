@@ -22,12 +22,16 @@ from pyro_vae.config import (
     check_overrides,
     compose_config,
     config_groups,
+    instantiate,
+    run_training,
     validate_config,
 )
-from pyro_vae.estimators import ESTIMATORS
+from pyro_vae.data import Minibatches
+from pyro_vae.errors import ArgumentError, TrainingError
+from pyro_vae.estimators import ESTIMATORS, build_estimator
 from pyro_vae.methods import METHODS
-from pyro_vae.rundir import RunDir
-from pyro_vae.train import Trainer, TrainingError, run_training
+from pyro_vae.priors import build_prior
+from pyro_vae.training import NonFinitePolicy, RunDir, Trainer
 
 from .conftest import bars_dataset, tiny_overrides
 
@@ -46,7 +50,7 @@ def test_the_defaults_and_every_group_choice_are_valid():
         ("latent_dim=abc", "latent_dim='abc' is not allowed: expected an integer >= 1"),
         ("latent_dim=2.5", "latent_dim=2.5 is not allowed"),
         ("latent_dim=true", "latent_dim=True is not allowed"),
-        ("lr=0", "lr=0 is not allowed: expected a finite number > 0"),
+        ("lr=0", "lr=0.0 is not allowed: expected a finite number > 0"),
         ("lr=-0.001", "lr=-0.001 is not allowed"),
         ("lr=nan", "lr=nan is not allowed"),
         ("hidden_dims=500", "hidden_dims=500 is not allowed: expected a list of positive integers"),
@@ -55,9 +59,9 @@ def test_the_defaults_and_every_group_choice_are_valid():
         ("seed=-1", "seed=-1 is not allowed: expected an integer in 0..4294967295"),
         ("seed=4294967296", "seed=4294967296 is not allowed"),
         ("optim.betas=[0.9,1.5]", "optim.betas=[0.9, 1.5] is not allowed: expected two numbers"),
-        ("clip_grad_norm=0", "clip_grad_norm=0 is not allowed: expected a finite number > 0"),
+        ("clip_grad_norm=0", "clip_grad_norm=0.0 is not allowed: expected a finite number > 0"),
         ("checkpoint_every_steps=0", "checkpoint_every_steps=0 is not allowed"),
-        ("checkpoint_every_seconds=-5", "checkpoint_every_seconds=-5 is not allowed"),
+        ("checkpoint_every_seconds=-5", "checkpoint_every_seconds=-5.0 is not allowed"),
         ("skip_nonfinite=maybe", "skip_nonfinite='maybe' is not allowed: expected true or false"),
         ("device=tpu", "device='tpu' is not allowed: expected one of ['cpu', 'cuda', 'auto']"),
         ("run_dir=''", "run_dir='' is not allowed: expected a non-empty string"),
@@ -133,6 +137,52 @@ def test_a_missing_key_is_refused(tiny_cfg):
         validate_config(cfg)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs=1.5", "epochs=1.5 is not allowed: expected an integer >= 0"),
+        ("latent_dim=abc", "latent_dim='abc' is not allowed: expected an integer >= 1"),
+        ("mcem.hmc_steps=0.5", "mcem.hmc_steps=0.5 is not allowed: expected an integer >= 1"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_at_composition(override, message):
+    with pytest.raises(ConfigError) as raised:
+        compose_config([override])
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "build", "message"),
+    [
+        (
+            ["prior=laplace", "prior.scale=-1"],
+            lambda: build_prior(
+                {"_target_": "pyro.distributions.Laplace", "loc": 0.0, "scale": -1}, latent_dim=2
+            ),
+            "scale=-1 is not allowed: expected values in GreaterThan(lower_bound=0.0)",
+        ),
+        (
+            ["estimator=score_function", "estimator.baseline=nope"],
+            lambda: build_estimator("score_function", baseline="nope"),
+            "baseline='nope' is not allowed: expected one of ['none', 'batch', 'particles']",
+        ),
+    ],
+)
+def test_a_components_error_is_named_under_its_configuration_key(overrides, build, message):
+    # In Python, the component names its own argument ...
+    with pytest.raises(ArgumentError) as raised:
+        build()
+    assert str(raised.value).startswith(message)
+    # ... and the configuration layer names the key that set it.
+    group = overrides[0].partition("=")[0]
+    with pytest.raises(ConfigError) as raised:
+        validate_config(compose_config(["latent_dim=2", *overrides]))
+    assert str(raised.value).startswith(f"{group}.{message}")
+    with pytest.raises(ConfigError) as raised:
+        check_overrides(["latent_dim=2", *overrides])
+    assert str(raised.value).startswith(f"{group}.{message}")
+
+
 def test_compose_config_leaves_a_running_hydra_alone():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -163,6 +213,8 @@ def test_compose_config_leaves_a_running_hydra_alone():
         (["dataset=array"], "missing value for ['dataset.path']"),
         (["experiment=paper"], "experiment is a preset, added with a plus: +experiment=paper"),
         (["+experiment=papr"], "papr"),
+        (["epochs=1.5"], "epochs=1.5 is not allowed: expected an integer >= 0"),
+        (["-m", "epochs=1,1.5"], "epochs=1.5 is not allowed: expected an integer >= 0"),
     ],
 )
 def test_check_overrides_refuses_before_hydra_starts(args, message):
@@ -193,6 +245,18 @@ def test_the_cli_prints_one_error_line_and_creates_nothing(bars_path, tmp_path, 
     err = capsys.readouterr().err
     assert err == "error: latent_dim=0 is not allowed: expected an integer >= 1\n"
     assert not (tmp_path / "sweep").exists()  # not even the valid first run started
+
+
+def test_the_cli_names_the_key_of_a_components_error(bars_path, tmp_path, capsys):
+    args = tiny_overrides(
+        bars_path, tmp_path / "run", "estimator=score_function", "estimator.baseline=nope"
+    )
+    assert main(["train", *args]) == 2
+    assert capsys.readouterr().err == (
+        "error: estimator.baseline='nope' is not allowed: "
+        "expected one of ['none', 'batch', 'particles']\n"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_bad_saved_config_is_named_on_resume(tiny_cfg, tmp_path):
@@ -298,12 +362,15 @@ def fuzz_data(tmp_path_factory):
 )
 @given(changes())
 def test_random_configs_are_refused_clearly_or_train_one_step(fuzz_data, tmp_path, changes):
-    cfg = compose_config(tiny_overrides(fuzz_data, tmp_path / "run"))
-    OmegaConf.set_struct(cfg, False)
+    # The composed configuration is typed (the schema refuses a wrong type as it is set):
+    # its plain values, as a config.yaml read back has them, take any value.
+    cfg = OmegaConf.create(
+        OmegaConf.to_container(compose_config(tiny_overrides(fuzz_data, tmp_path / "run")))
+    )
     for key, value in changes.items():
         OmegaConf.update(cfg, key, value, merge=False)
-    with pyro.validation_enabled(False):  # Trainer sets it globally from `validate`
-        outcome = _one_step(cfg, tmp_path / "run")
+    with pyro.validation_enabled(False):  # instantiate sets it globally from `validate`
+        outcome = _one_step(cfg)
     if isinstance(outcome, BaseException):
         assert _raised_by_pyro_vae(outcome), f"{type(outcome).__name__} from deep inside: {outcome}"
         message = str(outcome)
@@ -311,13 +378,23 @@ def test_random_configs_are_refused_clearly_or_train_one_step(fuzz_data, tmp_pat
         assert named, f"{message!r} names none of {changes}"
 
 
-def _one_step(cfg, run_dir):
+def _one_step(cfg):
     """Validate, build and train one step; the user error raised instead, if any."""
     try:
         validate_config(cfg)
-        trainer = Trainer(cfg, run_dir)
-        idx, x = next(trainer.batches.epoch(0))
-        loss = trainer._step(x, idx)
+        experiment = instantiate(cfg)
+        data, settings = experiment.data, experiment.cfg
+        batches = Minibatches(
+            data.train,
+            settings["batch_size"],
+            seed=settings["seed"],
+            binarize=data.train_binarize,
+            device=data.train.device,
+        )
+        policy = NonFinitePolicy(skip=settings["skip_nonfinite"])
+        trainer = Trainer(experiment.method, batches, data.test, callbacks=[policy])
+        idx, x = next(batches.epoch(0))
+        loss = trainer.step(x, idx)
         assert loss is None or np.isfinite(loss)
         event("accepted: one step trained")
     except TrainingError:

@@ -12,14 +12,21 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from pyro_vae.cli import main
-from pyro_vae.config import ConfigError, compose_config, config_choices, validate_config
-from pyro_vae.experiment import load_run
-from pyro_vae.methods import build_method
-from pyro_vae.model import build_vae
-from pyro_vae.plots import plot_run
-from pyro_vae.priors import build_prior, prior_quantiles, validate_prior_config
-from pyro_vae.rundir import RunDir
-from pyro_vae.train import run_training
+from pyro_vae.config import (
+    ConfigError,
+    build_model,
+    build_training_method,
+    compose_config,
+    config_choices,
+    prior_spec,
+    run_training,
+    validate_config,
+)
+from pyro_vae.config.validate import build_prior_for_validation
+from pyro_vae.errors import ArgumentError
+from pyro_vae.priors import build_prior, prior_quantiles
+from pyro_vae.runs import load_run, plot_run
+from pyro_vae.training import RunDir
 
 from .conftest import tiny_overrides
 
@@ -36,7 +43,7 @@ def make_vae(prior, *overrides, latent_dim=2, x_dim=6):
     )
     validate_config(cfg)
     torch.manual_seed(0)
-    return build_vae(cfg, x_dim=x_dim, num_data=100)
+    return build_model(cfg, x_dim=x_dim, num_data=100)
 
 
 def grid_points(lim=3.0, n=7):
@@ -180,11 +187,11 @@ def test_learnable_prior_parameters_are_trained_by_svi(prior):
         [f"prior={prior}", "latent_dim=2", "hidden_dims=[5]", "lr=0.01", *LEARNABLE[prior]]
     )
     torch.manual_seed(0)
-    vae = build_vae(cfg, x_dim=6, num_data=100)
+    vae = build_model(cfg, x_dim=6, num_data=100)
     params = dict(vae.prior.named_parameters())
     assert params
     before = {k: v.detach().clone() for k, v in params.items()}
-    method = build_method(cfg, vae)
+    method = build_training_method(cfg, vae)
     method.step(torch.rand(8, 6).bernoulli(), torch.arange(8))
     # Adam moves every parameter whose gradient is not exactly zero by about lr.
     for k, v in params.items():
@@ -203,7 +210,7 @@ def test_fixed_priors_have_no_parameters_and_keep_their_values():
             "hidden_dims=[5]",
         ]
     )
-    vae = build_vae(cfg, x_dim=6, num_data=100)
+    vae = build_model(cfg, x_dim=6, num_data=100)
     assert not list(vae.prior.parameters())
     assert sorted(dict(vae.prior.named_buffers())) == ["locs", "logits", "scales"]
     for name in ("laplace", "student_t", "normal"):
@@ -336,13 +343,16 @@ def test_validation_leaves_the_random_stream_alone():
     torch.manual_seed(0)
     a = torch.rand(3)
     torch.manual_seed(0)
-    validate_prior_config(cfg.prior, 20)
+    build_prior_for_validation(cfg.prior, 20)
     assert torch.equal(torch.rand(3), a)
 
 
 def test_a_name_alone_selects_a_shipped_configuration():
-    prior = build_prior({"name": "student_t", "df": 5.0}, latent_dim=3)
+    prior = build_prior(prior_spec({"name": "student_t", "df": 5.0}), latent_dim=3)
     p = prior()
     assert type(p.base_dist) is dist.StudentT and torch.equal(p.base_dist.df, torch.full((3,), 5.0))
     with pytest.raises(ConfigError, match=r"prior.name='cauchy' .*'laplace'"):
-        build_prior({"name": "cauchy"}, latent_dim=3)
+        prior_spec({"name": "cauchy"})
+    # Without the configuration layer a specification names its class.
+    with pytest.raises(ArgumentError, match=r"missing value for _target_"):
+        build_prior({"name": "student_t"}, latent_dim=3)

@@ -6,6 +6,7 @@ number of the final checkpoint (model, optimiser, RNG states, position).
 """
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,11 +21,11 @@ import torch
 
 import pyro_vae.methods
 from pyro_vae.cli import main
-from pyro_vae.config import compose_config
+from pyro_vae.config import compose_config, instantiate, run_training
 from pyro_vae.data import Minibatches
-from pyro_vae.optim import NonFiniteError, TorchOptimizer
-from pyro_vae.rundir import CheckpointError, RunDir, RunDirError
-from pyro_vae.train import Trainer, TrainingError, run_training
+from pyro_vae.errors import CheckpointError, NonFiniteError, RunDirError, TrainingError
+from pyro_vae.optim import guarded_step
+from pyro_vae.training import Checkpoints, RunDir, Trainer
 
 from .conftest import bars_dataset, tiny_overrides
 
@@ -122,6 +123,16 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
             proc.kill()
             pytest.fail(f"{path} did not appear within {timeout} s")
         time.sleep(0.01)
+
+
+@pytest.fixture
+def library_log(caplog, monkeypatch):
+    """The package's log records. cli.main (run by earlier tests in this process) sends them
+    to its own stderr handler and stops their propagation to the root logger, where caplog
+    listens: let them through again for this test."""
+    monkeypatch.setattr(logging.getLogger("pyro_vae"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="pyro_vae")
+    return caplog
 
 
 def resume(run_dir, capsys, *extra):
@@ -270,40 +281,46 @@ def poison_batch(monkeypatch, batch_number):
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_nan_loss_stops_the_run_before_the_parameters_change(tiny_cfg, tmp_path, monkeypatch):
     poison_batch(monkeypatch, 7)
-    trainer = Trainer(tiny_cfg("checkpoint_every_steps=1"), tmp_path / "run")
+    experiment = instantiate(tiny_cfg("checkpoint_every_steps=1"))
     with pytest.raises(TrainingError) as raised:
-        trainer.fit()
+        experiment.train(tmp_path / "run")
     message = str(raised.value)
     assert "non-finite loss nan at step 7 (method=aevb, estimator=trace_elbo)" in message
     assert "last finite loss" in message and "at step 6" in message
     assert "last good checkpoint (step 6)" in message and "skip_nonfinite=true" in message
     saved = RunDir(tmp_path / "run").load_checkpoint()
     assert saved["position"]["step"] == 6
-    assert_same(saved["model"], trainer.vae.state_dict(), "model")
-    assert_same(saved["method"], trainer.method.state_dict(), "optimiser")
+    assert_same(saved["model"], experiment.vae.state_dict(), "model")
+    assert_same(saved["method"], experiment.method.state_dict(), "optimiser")
 
 
 def test_nan_gradient_with_a_finite_loss_is_caught_before_the_optimiser(tiny_cfg, tmp_path):
-    trainer = Trainer(tiny_cfg(), tmp_path / "run")
-    before = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
-    weight = next(trainer.vae.decoder.parameters())
+    experiment = instantiate(tiny_cfg())
+    before = {k: v.clone() for k, v in experiment.vae.state_dict().items()}
+    weight = next(experiment.vae.decoder.parameters())
     weight.register_hook(lambda grad: grad * float("inf"))
     with pytest.raises(
         TrainingError, match=r"non-finite gradient \(global norm (nan|inf)\) at step 1"
     ):
-        trainer.fit()
-    assert_same(before, trainer.vae.state_dict(), "model")
-    assert trainer.method.state_dict()["optimizer"]["state"] == {}  # Adam never stepped
+        experiment.train(tmp_path / "run")
+    assert_same(before, experiment.vae.state_dict(), "model")
+    assert experiment.method.state_dict()["optimizer"]["state"] == {}  # Adam never stepped
 
 
 def test_non_finite_parameters_never_replace_the_last_good_checkpoint(tiny_cfg, tmp_path):
-    trainer = Trainer(tiny_cfg(), tmp_path / "run")
-    trainer.save_checkpoint()
+    experiment = instantiate(tiny_cfg())
+    data, settings = experiment.data, experiment.cfg
+    batches = Minibatches(
+        data.train, settings["batch_size"], seed=settings["seed"], binarize=data.train_binarize
+    )
+    trainer = Trainer(experiment.method, batches, data.test)
+    checkpoints = Checkpoints(RunDir(tmp_path / "run"))
+    checkpoints.save(trainer)
     with torch.no_grad():
-        next(trainer.vae.parameters())[0, 0] = float("inf")  # as an overflowing update would
-    trainer.step = 5
+        next(experiment.vae.parameters())[0, 0] = float("inf")  # as an overflowing update would
+    trainer.position.step = 5
     with pytest.raises(TrainingError, match=r"non-finite parameters after step 5 .*\(step 0\)"):
-        trainer.save_checkpoint()
+        checkpoints.save(trainer)
     assert RunDir(tmp_path / "run").load_checkpoint()["position"]["step"] == 0
 
 
@@ -320,10 +337,11 @@ def test_a_nan_run_is_marked_failed_and_the_cli_says_why(bars_path, tmp_path, mo
 
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN")
-def test_skip_nonfinite_skips_and_counts(tiny_cfg, tmp_path, monkeypatch, capsys):
+def test_skip_nonfinite_skips_and_counts(tiny_cfg, tmp_path, monkeypatch, library_log):
     poison_batch(monkeypatch, 3)
     summary = run_training(tiny_cfg("skip_nonfinite=true", "epochs=1"))
-    assert "warning: skipped step 3 (loss nan); 1 skipped so far" in capsys.readouterr().err
+    warnings = [r.getMessage() for r in library_log.records if r.levelno == logging.WARNING]
+    assert warnings == ["skipped step 3 (loss nan); 1 skipped so far"]
     rows = RunDir(tmp_path / "run").metrics()
     assert summary["status"] == "finished" and summary["skipped_steps"] == 1
     assert rows[0]["skipped_steps"] == 1
@@ -333,13 +351,13 @@ def test_skip_nonfinite_skips_and_counts(tiny_cfg, tmp_path, monkeypatch, capsys
 
 def test_clip_grad_norm_rescales_the_gradient():
     p = torch.nn.Parameter(torch.zeros(2))
-    opt = TorchOptimizer(torch.optim.SGD([p], lr=1.0), clip_grad_norm=0.5)
+    opt = torch.optim.SGD([p], lr=1.0)
     p.grad = torch.tensor([3.0, 4.0])  # norm 5
-    opt()
+    guarded_step(opt, clip_grad_norm=0.5)
     assert torch.allclose(p.detach(), torch.tensor([-0.3, -0.4]))  # norm 0.5
     p.grad = torch.tensor([float("nan"), 1.0])
     with pytest.raises(NonFiniteError, match="gradient"):
-        opt()
+        guarded_step(opt, clip_grad_norm=0.5)
     assert torch.allclose(p.detach(), torch.tensor([-0.3, -0.4]))
 
 
@@ -422,12 +440,24 @@ def test_a_sweep_over_finished_runs_changes_none_of_their_files(bars_path, tmp_p
     assert all(p.read_bytes() == data for p, data in files.items())
 
 
+TAKE_LOCK = "import sys; from filelock import FileLock; FileLock(sys.argv[1], timeout=0).acquire()"
+
+
+def another_process_takes(lock: Path) -> bool:
+    probe = subprocess.run([sys.executable, "-c", TAKE_LOCK, str(lock)], capture_output=True)
+    return probe.returncode == 0
+
+
 def test_a_run_directory_in_use_is_refused(tiny_cfg, tmp_path):
     run = RunDir(tmp_path / "run")
-    with run.lock(), pytest.raises(RunDirError, match="in use by another pyro-vae process"):
-        run_training(tiny_cfg())
+    lock = tmp_path / "run" / ".lock"
+    with run.lock():
+        with pytest.raises(RunDirError, match="in use by another pyro-vae process"):
+            run_training(tiny_cfg())
+        assert not another_process_takes(lock)
     run_training(tiny_cfg("epochs=1"))  # free again once released
-    assert not (tmp_path / "run" / ".lock").exists()
+    # The empty .lock file stays (filelock's design); released, another process takes it.
+    assert another_process_takes(lock)
 
 
 def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_config(
@@ -442,7 +472,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_config(
     run.update_summary(status="running")
     err = resume(run_dir, capsys, "progress=false")  # no latent_dim given: the run's own
     assert "has no checkpoint yet: training from the start" in err
-    assert run.config().latent_dim == 3
+    assert run.config()["latent_dim"] == 3
     assert numbers(run.metrics()) == numbers(rows)  # the stale line is not duplicated
 
 

@@ -6,12 +6,10 @@ import math
 import pytest
 import torch
 
-from pyro_vae.config import ConfigError, compose_config
-from pyro_vae.evaluate import evaluate_run
-from pyro_vae.experiment import load_run
-from pyro_vae.plots import plot_run
-from pyro_vae.rundir import RunDir, RunDirError
-from pyro_vae.train import run_training, snapshot_epochs
+from pyro_vae.config import ConfigError, compose_config, run_training
+from pyro_vae.errors import RunDirError
+from pyro_vae.runs import evaluate_run, load_run, plot_run
+from pyro_vae.training import RunDir, snapshot_epochs
 
 
 def numbers(rows):
@@ -24,7 +22,7 @@ def test_training_writes_a_complete_run_directory(tiny_cfg, tmp_path):
     summary = run_training(cfg)
     run = RunDir(tmp_path / "run")
     assert summary["status"] == "finished" and run.is_finished()
-    assert run.config().latent_dim == 2 and run.config().dataset.name == "array"
+    assert run.config()["latent_dim"] == 2 and run.config()["dataset"]["name"] == "array"
     rows = run.metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     # 200 points, 10% test -> 180 training points, 9 batches of 20 per epoch.
@@ -153,7 +151,7 @@ def test_paper_step_size_search_keeps_the_best_and_trains_as_if_it_were_given(ti
     scores = searched["lr_search"]  # mean training bound of each trial
     assert set(scores) == {"0.0001", "0.01"} and scores["0.01"] > scores["0.0001"]
     assert searched["lr"] == 0.01
-    assert RunDir(tmp_path / "s").config().lr == 0.01
+    assert RunDir(tmp_path / "s").config()["lr"] == 0.01
     run_training(tiny_cfg("lr=0.01", run_dir=tmp_path / "given"))
     assert numbers(RunDir(tmp_path / "s").metrics()) == numbers(
         RunDir(tmp_path / "given").metrics()

@@ -50,6 +50,7 @@ class AEVB:
     ):
         self.vae = vae
         if isinstance(estimator, str):
+            name = estimator
             if fast and estimator not in FAST_ESTIMATORS:
                 raise refuse(
                     "fast",
@@ -62,7 +63,9 @@ class AEVB:
         elif fast:
             raise refuse("fast", True, "false with an estimator object (fast needs its name)")
         else:
-            self.fast_estimator = None
+            self.fast_estimator, name = None, type(estimator).__name__
+        #: The method in a few words, for messages.
+        self.description = f"method=aevb, estimator={name}"
         self.elbo, self.num_particles = estimator, num_particles
         self.optimizer = optimizer(list(vae.parameters()))
         self.optimizers = [self.optimizer]

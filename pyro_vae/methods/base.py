@@ -30,6 +30,7 @@ class TrainingMethod(Protocol):
 
     vae: VAE
     optimizers: list[torch.optim.Optimizer]
+    description: str  # the method in a few words, for messages ("method=aevb, estimator=stl")
 
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float: ...
 

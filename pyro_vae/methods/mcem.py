@@ -77,6 +77,7 @@ class MCEM:
         if vae.num_data is None:
             raise ArgumentError("MCEM keeps one chain per training point: set vae.num_data")
         self.vae = vae
+        self.description = "method=mcem"
         self.leapfrog_steps, self.hmc_steps, self.m_steps = leapfrog_steps, hmc_steps, m_steps
         self.target_accept, self.adapt_rate = target_accept, adapt_rate
         theta, phi = split_parameters(vae, "mcem")

@@ -51,6 +51,7 @@ class WakeSleep:
         clip_grad_norm: float | None = None,
     ):
         self.vae = vae
+        self.description = "method=wake_sleep"
         theta, phi = split_parameters(vae, "wake_sleep")
         self.theta_optim = optimizer(theta)
         self.phi_optim = optimizer(phi)

@@ -140,17 +140,12 @@ def train(
             f"at most the {data.num_train} training points of dataset={data.dataset.name}",
         )
     if isinstance(method, str):
-        describe = f"method={method}" + (
-            f", estimator={_name(estimator)}" if method == "aevb" else ""
-        )
         if isinstance(optimizer, str):
             optimizer = optimizer_factory(optimizer, lr=lr, weight_decay=weight_decay)
         options: dict[str, Any] = {"optimizer": optimizer, "clip_grad_norm": clip_grad_norm}
         if method == "aevb":
             options.update(estimator=estimator, num_particles=num_particles, fast=fast)
         method = build_method(method, vae, **options)
-    else:
-        describe = type(method).__name__
     record = dict(config) if config is not None else _default_record(arguments, vae, data)
     batches = Minibatches(
         data.train, batch_size, seed=seed, binarize=data.train_binarize, device=device
@@ -180,7 +175,7 @@ def train(
         eval_batch_size=eval_batch_size,
         callbacks=hooks,
         meta=data.meta(),
-        describe=describe,
+        describe=getattr(method, "description", type(method).__name__),
     )
     with run.lock():
         if overwrite:
