@@ -18,9 +18,9 @@ Training (MNIST, the paper's model 784-500-20, tanh, Bernoulli decoder; batch 10
 - ``default``: ``pyro-vae train``'s step with the defaults (``Minibatches``, then
   ``AEVB.step``: Pyro's ``Trace_ELBO.loss_and_grads`` on the traced model and guide,
   estimator A, and the guarded torch Adam step), against ``plain_a``;
-- ``svi_sgvb_b``: the same traced step with the hand-derived estimator B, against
-  ``plain_b`` (the name is the one earlier results use; the step no longer goes through
-  ``pyro.infer.SVI``, whose ``step`` called the same ``loss_and_grads``);
+- ``traced_sgvb_b``: the same traced step with the hand-derived estimator B, against
+  ``plain_b`` (results before the Python-first refactor call it ``svi_sgvb_b``: the step
+  went through ``pyro.infer.SVI``, whose ``step`` calls the same ``loss_and_grads``);
 - ``fast_a`` / ``fast_b``: ``fast=true`` (estimator A / B without Pyro's tracing,
   ``pyro_vae/fast.py``), against ``plain_a`` / ``plain_b``;
 - ``data_project`` / ``data_plain``: drawing the minibatch alone.
@@ -76,7 +76,7 @@ LOG_2PI = math.log(2 * math.pi)
 # name -> (estimator of the plain baseline it is compared with, config overrides)
 PROJECT_CONFIGS: dict[str, tuple[str, list[str]]] = {
     "default": ("a", []),
-    "svi_sgvb_b": ("b", ["estimator=sgvb_b"]),
+    "traced_sgvb_b": ("b", ["estimator=sgvb_b"]),
     "fast_a": ("a", ["fast=true", "estimator=sgvb_a"]),
     "fast_b": ("b", ["fast=true", "estimator=sgvb_b"]),
 }
