@@ -11,7 +11,6 @@ resumed one takes its own configuration back (:func:`resumed_config`), and the r
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,8 @@ from ..model import VAE
 from ..optim import optimizer_factory
 from ..runs import load_data, resolve_device
 from ..training.rundir import RunDir
-from ..training.session import train
+from ..training.session import finished_summary, train
 from .validate import as_plain, prior_spec, validate_config
-
-logger = logging.getLogger("pyro_vae.training")
 
 # Keys a resumed run may take from the command line; every other key comes from the
 # run's own config.yaml, so a resumed run is the same experiment. (skip_nonfinite changes
@@ -238,13 +235,9 @@ def run_training(
     plain = as_plain(cfg)
     run = RunDir(run_dir if run_dir is not None else plain["run_dir"])
     resume, overwrite = bool(plain.get("resume", False)), bool(plain.get("overwrite", False))
-    if not run.check_start(resume, overwrite):
-        logger.info(
-            "%s already holds a finished run; not retraining it "
-            "(overwrite=true to train it again from scratch)",
-            run.path,
-        )
-        return run.summary()
+    finished = finished_summary(run, resume, overwrite)
+    if finished is not None:
+        return finished
     plain = validate_config(plain)
     if resume and run.config_path.is_file():
         plain = resumed_config(run.config(), plain, overrides)

@@ -120,13 +120,9 @@ def train(
     arguments = dict(locals())
     run = RunDir(run_dir)
     _check_settings(epochs, num_samples, batch_size, snapshots, checkpoint_every)
-    if not run.check_start(resume, overwrite):
-        logger.info(
-            "%s already holds a finished run; not retraining it "
-            "(overwrite=true to train it again from scratch)",
-            run.path,
-        )
-        return run.summary()
+    finished = finished_summary(run, resume, overwrite)
+    if finished is not None:
+        return finished
     device = next(vae.parameters()).device
     data = _as_run_data(data, test, vae, device, binarize, test_binarize, binarize_seed)
     if vae.num_data is None:
@@ -196,6 +192,20 @@ def train(
 def _title(record: dict[str, Any]) -> str:
     name = record.get("dataset", {}).get("name", "data")
     return f"{name}, Nz={record.get('latent_dim', '?')}: lower bound per datapoint"
+
+
+def finished_summary(run: RunDir, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The summary of a finished run that is left as it is (neither ``resume`` nor
+    ``overwrite``), said so; None where training goes ahead (RunDirError for an unfinished
+    run without ``resume``)."""
+    if run.check_start(resume, overwrite):
+        return None
+    logger.info(
+        "%s already holds a finished run; not retraining it "
+        "(overwrite=true to train it again from scratch)",
+        run.path,
+    )
+    return run.summary()
 
 
 def _fit(trainer: Trainer, run: RunDir, checkpoints: Checkpoints, resume: bool) -> dict[str, Any]:
