@@ -1,6 +1,6 @@
 """Hybrid Monte Carlo for the posterior p_theta(z|x), one chain per datapoint, all in one batch.
 
-Used by Monte Carlo EM (``pyro_vae.baselines.mcem``) and by the paper's marginal-likelihood
+Used by Monte Carlo EM (``pyro_vae.methods.mcem``) and by the paper's marginal-likelihood
 estimator (``pyro_vae.marginal``, appendix D). Both need samples of z from
 p_theta(z|x) ∝ p(z) p_theta(x|z) for every datapoint of a minibatch, driven by the gradient
 grad_z log p_theta(z|x) = grad_z log p(z) + grad_z log p_theta(x|z) (appendix D, step 1).
