@@ -284,3 +284,15 @@ def test_a_configuration_is_one_call_from_the_objects(bars_path, tmp_path):
     summary = experiment.train(tmp_path / "run")
     assert summary == run_training(cfg)  # a finished run: left as it is, summary returned
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_resuming_a_finished_run_with_nothing_left_rewrites_nothing(bars, tmp_path):
+    x, _ = bars
+    vae = pyro_vae.VAE.mlp(x_dim=16, latent_dim=2, hidden_dims=[8])
+    settings = dict(epochs=1, batch_size=60, progress=False)
+    pyro_vae.train(vae, x, tmp_path / "r", **settings)
+    files = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert any(p.suffix == ".png" for p in files)
+    summary = pyro_vae.train(vae, x, tmp_path / "r", resume=True, **settings)
+    assert summary["status"] == "finished"
+    assert {p: p.read_bytes() for p in files} == files

@@ -176,8 +176,8 @@ def train(
     with run.lock():
         if overwrite:
             run.clear()
-        summary = _fit(trainer, run, checkpoints, resume)
-    if plots and summary.get("status") == "finished":
+        summary, trained = _fit(trainer, run, checkpoints, resume)
+    if plots and trained:
         mode = vae.training
         try:
             vae.eval()
@@ -208,15 +208,18 @@ def finished_summary(run: RunDir, resume: bool, overwrite: bool) -> dict[str, An
     return run.summary()
 
 
-def _fit(trainer: Trainer, run: RunDir, checkpoints: Checkpoints, resume: bool) -> dict[str, Any]:
-    """Resume or start ``trainer`` in ``run``, handle stops, write the final summary."""
+def _fit(
+    trainer: Trainer, run: RunDir, checkpoints: Checkpoints, resume: bool
+) -> tuple[dict[str, Any], bool]:
+    """Resume or start ``trainer`` in ``run``, handle stops, write the final summary.
+    Returns (summary, whether it trained: not for a finished run resumed with nothing left)."""
     run.remove_partial_files()
     if resume and run.has_checkpoint():
         state, path = run.resume_checkpoint()
         trainer.load_state_dict(state)
         if run.is_finished() and trainer.done():  # e.g. a -m sweep resumed: leave it be
             logger.info("%s already holds a finished run; nothing to resume", run.path)
-            return run.summary()
+            return run.summary(), False
         pos = trainer.position
         logger.info(
             "resuming %s from %s at step %d (epoch %d, batch %d of %d)",
@@ -262,7 +265,7 @@ def _fit(trainer: Trainer, run: RunDir, checkpoints: Checkpoints, resume: bool) 
         raise
     rows = run.metrics()
     pos = trainer.position
-    return run.update_summary(
+    summary = run.update_summary(
         status="finished",
         epochs=pos.epoch,
         steps=pos.step,
@@ -273,6 +276,7 @@ def _fit(trainer: Trainer, run: RunDir, checkpoints: Checkpoints, resume: bool) 
         test_elbo=last.get("test_elbo", rows[-1]["test_elbo"] if rows else None),
         best_test_elbo=max((r["test_elbo"] for r in rows), default=None),
     )
+    return summary, True
 
 
 def _as_run_data(
