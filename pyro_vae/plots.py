@@ -61,6 +61,12 @@ def _show_grid(grid: np.ndarray, title: str, path: Path, scale: int = 2) -> Path
     return save_figure(fig, path)
 
 
+def elbo_title(config: dict[str, Any]) -> str:
+    """The ELBO figure's title from a run's settings."""
+    name = config.get("dataset", {}).get("name", "data")
+    return f"{name}, Nz={config.get('latent_dim', '?')}: lower bound per datapoint"
+
+
 def plot_elbo_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Lower bound per datapoint (train and test) against training samples, log x-axis."""
     fig = Figure(figsize=(6, 4))

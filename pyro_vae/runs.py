@@ -20,7 +20,7 @@ from .data import RunData, load_dataset, prepare_data
 from .errors import RunDirError, refuse
 from .evaluate import evaluate
 from .model import VAE
-from .plots import FIGURES, plot_figures
+from .plots import FIGURES, elbo_title, plot_figures
 from .training.rundir import LAST_CHECKPOINT, RunDir
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -148,8 +148,7 @@ def plot_run(
     """
     run = RunDir(run_dir)
     cfg = run.config()
-    name = cfg.get("dataset", {}).get("name", "data")
-    title = f"{name}, Nz={cfg.get('latent_dim', '?')}: lower bound per datapoint"
+    title = elbo_title(cfg)
     needs_model = any(f != "elbo" for f in figures)
     loaded = load_run(run.path, checkpoint, vae=vae) if needs_model else None
     shape = loaded.meta.get("image_shape") if loaded else None

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from ..errors import NonFiniteError, TrainingError, TrainingInterrupted
 from ..optim import set_lr
 from ..version import __version__
-from .loop import Callback, Trainer, set_rng_state
+from .loop import Callback, Trainer, get_rng_state, set_rng_state
 from .rundir import LAST_CHECKPOINT, RunDir, snapshot_name
 
 logger = logging.getLogger("pyro_vae.training")
@@ -71,7 +71,7 @@ class StepSizeSearch(Callback):
         if trainer.position.step:  # a resumed run searched when it started
             return
         start = copy.deepcopy(
-            (trainer.vae.state_dict(), trainer.method.state_dict(), pyro.util.get_rng_state())
+            (trainer.vae.state_dict(), trainer.method.state_dict(), get_rng_state(trainer.device))
         )
         for lr in self.lrs:
             self._restore(trainer, start, lr)

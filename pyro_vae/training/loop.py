@@ -218,15 +218,12 @@ class Trainer:
     # state -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Model, method, position and random state: everything a resumed run needs."""
-        rng = pyro.util.get_rng_state()
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "model": self.vae.state_dict(),
             "method": self.method.state_dict(),
             "meta": self.meta,
             "position": self.position.state_dict(),
-            "rng": rng,
+            "rng": get_rng_state(self.device),
             "version": __version__,
         }
 
@@ -235,6 +232,14 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.position = TrainingPosition.from_state(state["position"])
         set_rng_state(state["rng"], self.device)
+
+
+def get_rng_state(device: torch.device) -> dict[str, Any]:
+    """The random state a run draws from: Pyro's (torch, numpy, random) and the device's."""
+    rng = pyro.util.get_rng_state()
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:

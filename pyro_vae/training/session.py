@@ -34,7 +34,7 @@ from ..methods import build_method
 from ..methods.base import TrainingMethod
 from ..model import VAE
 from ..optim import OptimizerFactory, optimizer_factory
-from ..plots import plot_figures
+from ..plots import elbo_title, plot_figures
 from .hooks import (
     Checkpoints,
     MetricsLog,
@@ -181,17 +181,12 @@ def train(
         mode = vae.training
         try:
             vae.eval()
-            plot_figures(vae, data, run.figure_dir, run.metrics(), title=_title(record))
+            plot_figures(vae, data, run.figure_dir, run.metrics(), title=elbo_title(record))
         except Exception as e:  # the trained model is saved; a figure must not undo that
             logger.warning("plotting failed (%s: %s)", type(e).__name__, e)
         finally:
             vae.train(mode)
     return summary
-
-
-def _title(record: dict[str, Any]) -> str:
-    name = record.get("dataset", {}).get("name", "data")
-    return f"{name}, Nz={record.get('latent_dim', '?')}: lower bound per datapoint"
 
 
 def finished_summary(run: RunDir, resume: bool, overwrite: bool) -> dict[str, Any] | None:
