@@ -162,7 +162,8 @@ class ProjectTrainer:
     def __init__(self, overrides: list[str], data: RunData, batch_size: int, device: str):
         cfg = compose_config([*overrides, f"batch_size={batch_size}", f"device={device}"])
         pyro.enable_validation(cfg.validate)
-        self.vae = build_model(cfg, data.x_dim, data.num_train).to(device)
+        shape = data.dataset.image_shape
+        self.vae = build_model(cfg, data.x_dim, data.num_train, shape).to(device)
         self.method = build_training_method(cfg, self.vae)
         self.minibatches = Minibatches(
             data.train, batch_size, seed=0, binarize=data.train_binarize, device=device
@@ -263,6 +264,61 @@ def bench_training(
             name: [round(t, 6) for t in ts] for name, ts in per_step.items()
         },
     }
+
+
+#: network=... configurations timed against the paper's MLP (same step, same data)
+NETWORK_CONFIGS: dict[str, list[str]] = {
+    "mlp": [],
+    "conv": ["network=conv"],
+    "mlp_categorical": ["likelihood=categorical", "dataset.binarize=none"],
+    "conv_categorical": ["network=conv", "likelihood=categorical", "dataset.binarize=none"],
+}
+
+
+def bench_networks(
+    data: RunData, grey: RunData, device: str, rounds: int, steps: int
+) -> dict[str, Any]:
+    """Seconds per training step (batch 100, the default AEVB step) and per MNIST epoch
+    (600 steps) of the conv network and of the categorical likelihood beside the MLP."""
+    torch.manual_seed(0)
+    trainers = {
+        name: ProjectTrainer(o, grey if "binarize=none" in " ".join(o) else data, 100, device)
+        for name, o in NETWORK_CONFIGS.items()
+    }
+    times = interleaved(
+        {name: steps_of(t, steps) for name, t in trainers.items()}, rounds, 1, device
+    )
+    per_step = {name: statistics.median(t / steps for t in ts) for name, ts in times.items()}
+    per_round = {name: [t / steps for t in ts] for name, ts in times.items()}
+    return {
+        "batch_size": 100,
+        "steps_per_round": steps,
+        "overrides": NETWORK_CONFIGS,
+        "parameters": {
+            name: sum(p.numel() for p in t.vae.parameters()) for name, t in trainers.items()
+        },
+        "seconds_per_step": {name: round(v, 5) for name, v in per_step.items()},
+        "seconds_per_epoch": {
+            name: round(v * data.num_train / 100, 1) for name, v in per_step.items()
+        },
+        "ratio_to_mlp": {name: round(ratio(per_round, name, "mlp"), 3) for name in trainers},
+    }
+
+
+def networks_markdown(res: dict[str, Any], device: str) -> list[str]:
+    lines = [
+        f"## {device}: networks (batch 100, the default step; an epoch is 600 steps)",
+        "",
+        "| configuration | overrides | parameters | s/step | s/epoch | ratio to mlp |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, overrides in res["overrides"].items():
+        lines.append(
+            f"| {name} | `{' '.join(overrides) or '(defaults)'}` | {res['parameters'][name]:,} "
+            f"| {res['seconds_per_step'][name]:.4f} | {res['seconds_per_epoch'][name]:.1f} "
+            f"| {res['ratio_to_mlp'][name]:.2f} |"
+        )
+    return [*lines, ""]
 
 
 def bench_evaluation(
@@ -401,6 +457,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     for device, res in result["devices"].items():
+        if "networks" in res:
+            lines += networks_markdown(res["networks"], device)
+        if "training" not in res:
+            continue
         lines += [
             f"## {device}: training",
             "",
@@ -450,19 +510,33 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also write cProfile tables of the training step"
     )
+    parser.add_argument(
+        "--networks",
+        action="store_true",
+        help="only the networks' seconds per epoch (conv, categorical, against the MLP), "
+        "written to networks.json and networks.md",
+    )
     args = parser.parse_args()
     devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
     rounds, eval_rounds = (3, 2) if args.quick else (args.rounds, args.eval_rounds)
     out = Path(args.out or ROOT / "experiments" / "results" / f"benchmark{'-smoke' * args.quick}")
     command = "python experiments/benchmark.py" + " --quick" * args.quick
-    command += " --profile" * args.profile
+    command += " --profile" * args.profile + " --networks" * args.networks
     if args.rounds != 25 or args.eval_rounds != 10:
         command += f" --rounds {args.rounds} --eval-rounds {args.eval_rounds}"
     start = time.perf_counter()
     result: dict[str, Any] = {"command": command, "machine": machine(), "devices": {}}
     for device in devices:
         data = load_data(as_plain(compose_config([f"data_dir={args.data_dir}"])), device)
-        res: dict[str, Any] = {"training": []}
+        res: dict[str, Any] = {}
+        grey_cfg = [f"data_dir={args.data_dir}", "dataset.binarize=none", "likelihood=categorical"]
+        grey = load_data(as_plain(compose_config(grey_cfg)), device)
+        res["networks"] = bench_networks(data, grey, device, max(2, rounds // 5), 3)
+        print(f"{device} networks: {res['networks']['seconds_per_epoch']} s/epoch")
+        if args.networks:
+            result["devices"][device] = res
+            continue
+        res["training"] = []
         # About 0.15 s of work per configuration and round at 2 CPU cores: short rounds,
         # so that a burst of load from elsewhere spoils few of them.
         for batch_size, steps in ((100, 15), (1000, 3)):
@@ -483,8 +557,9 @@ def main() -> None:
                 (out / f"profile_{device}_{name}.txt").write_text(text)
     result["seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "benchmark.md").write_text(markdown(result))
+    stem = "networks" if args.networks else "benchmark"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 
 

@@ -14,6 +14,7 @@ The command line (``pyro-vae train key=value ...``, :mod:`pyro_vae.config`) is a
 layer that turns a configuration into these same objects.
 """
 
+from .conv import ConvDecoder, ConvEncoder
 from .data import Dataset, Minibatches, RunData, load_dataset, tensor_dataset
 from .errors import (
     ArgumentError,
@@ -30,11 +31,24 @@ from .errors import (
 )
 from .estimators import ESTIMATORS, build_estimator
 from .evaluate import evaluate, importance_log_likelihood, mean_elbo
-from .likelihoods import Bernoulli, Gaussian, Likelihood
+from .likelihoods import (
+    LIKELIHOODS,
+    Bernoulli,
+    Beta,
+    Categorical,
+    ContinuousBernoulli,
+    Family,
+    Gaussian,
+    Laplace,
+    Likelihood,
+    NegativeBinomial,
+    Poisson,
+    build_likelihood,
+)
 from .marginal import appendix_d_log_likelihood
 from .methods import AEVB, MCEM, METHODS, WakeSleep, build_method
 from .model import VAE
-from .networks import BernoulliDecoder, GaussianDecoder, GaussianEncoder
+from .networks import GaussianEncoder, Head, MLPDecoder
 from .optim import build_optimizer, optimizer_factory
 from .plots import plot_figures
 from .priors import (
@@ -54,6 +68,7 @@ _LAZY = {
     "compare_runs": "compare",
     "estimator_variance": "variance",
     "gradient_statistics": "variance",
+    "gradient_variance": "variance",
     "variance_lab": "variance",
     "write_report": "variance",
 }
@@ -68,6 +83,19 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "ConvDecoder",
+    "ConvEncoder",
+    "build_likelihood",
+    "Poisson",
+    "NegativeBinomial",
+    "MLPDecoder",
+    "Laplace",
+    "Head",
+    "Family",
+    "ContinuousBernoulli",
+    "Categorical",
+    "Beta",
+    "LIKELIHOODS",
     "AEVB",
     "ESTIMATORS",
     "MCEM",
@@ -75,7 +103,6 @@ __all__ = [
     "VAE",
     "ArgumentError",
     "Bernoulli",
-    "BernoulliDecoder",
     "Callback",
     "CheckpointError",
     "ConfigError",
@@ -85,7 +112,6 @@ __all__ = [
     "EstimatorError",
     "Factorized",
     "Gaussian",
-    "GaussianDecoder",
     "GaussianEncoder",
     "Likelihood",
     "LoadedRun",

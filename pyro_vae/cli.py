@@ -39,7 +39,9 @@ commands:
                                  keys: estimators (all; e.g. sgvb_a,score_function:baseline=none),
                                        num_particles (1; e.g. 1,10), repeats (100),
                                        checkpoints (last | all | epoch_0004.pt,...),
-                                       batch_size (the run's), seed (0), device, out_dir
+                                       batch_size (the run's), seed (0), device, out_dir,
+                                       groups (module: phi, theta | layer: phi:trunk.0, ...
+                                               | parameter: one per tensor)
 
 examples:
   pyro-vae train                                    # the paper's MNIST model, defaults
@@ -172,6 +174,12 @@ def cmd_evaluate(args: Sequence[str]) -> int:
         f"{result['test_log_likelihood']:.2f} ± {result['test_log_likelihood_se']:.2f} nats "
         f"(K={result['importance_samples']}); written to {Path(run_dir) / 'summary.json'}"
     )
+    if "test_exact_log_likelihood" in result:
+        print(
+            f"exact log p(x) {result['test_exact_log_likelihood']:.2f} nats: the ELBO is "
+            f"{result['elbo_gap']:.3f} and the importance-sampled estimate "
+            f"{result['importance_gap']:.3f} nats below it"
+        )
     return 0
 
 

@@ -29,27 +29,32 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from .errors import ArgumentError, refuse
-from .likelihoods import LikelihoodLike, get_likelihood
-from .networks import GaussianEncoder, build_decoder, init_parameters
+from .likelihoods import LikelihoodLike, get_likelihood, likelihood_heads, upgrade_settings
+from .networks import GaussianEncoder, MLPDecoder, build_user_network, init_parameters
 from .priors import Prior, StandardNormal, build_prior
+from .targets import check_params, import_target, path_of
 
 # PyroModule mirrors parameters into Pyro's global param store by name. Each VAE gets
 # its own name prefix, so two models in one process (tests, sweeps, the variance lab)
 # never alias each other's parameters, and its entries leave the store with the model.
 _instance_ids = itertools.count()
 
-#: The settings :meth:`VAE.mlp` takes besides ``x_dim`` and ``num_data``: what a run
-#: directory's ``config.yaml`` records of the model, and :meth:`VAE.from_settings` reads.
-MLP_SETTINGS = (
+#: The settings :meth:`VAE.build` takes besides ``x_dim``, ``num_data`` and
+#: ``image_shape``: what a run directory's ``config.yaml`` records of the model, and
+#: :meth:`VAE.from_settings` reads.
+MODEL_SETTINGS = (
     "latent_dim",
     "hidden_dims",
     "likelihood",
     "activation",
-    "decoder_min_var",
+    "network",
     "init",
     "init_std",
     "prior",
 )
+#: The networks :meth:`VAE.build` makes by name (``network=``); a mapping with
+#: ``encoder._target_`` and ``decoder._target_`` names a user's own classes.
+NETWORKS = ("mlp", "conv")
 
 Init = str | Callable[[nn.Module], None] | None
 
@@ -81,9 +86,10 @@ class VAE(PyroModule):
         prior: a :class:`~pyro_vae.priors.Prior` (learnable or not; a
             :class:`~pyro_vae.priors.VampPrior` without an encoder takes this VAE's), a Pyro
             distribution with event shape [Nz], or None for N(0, I) (then ``latent_dim``).
-        likelihood: ``"bernoulli"`` (the decoder gives logits), ``"gaussian"`` (it gives
-            mean and log variance), a :class:`~pyro_vae.likelihoods.Likelihood`, or any
-            callable from the decoder's output to a distribution with event shape [D].
+        likelihood: a name (:data:`~pyro_vae.likelihoods.LIKELIHOODS`: ``"bernoulli"``, the
+            decoder gives logits; ``"gaussian"``, it gives the mean's pre-sigmoid and the log
+            variance; ...), a specification, a :class:`~pyro_vae.likelihoods.Likelihood`, or
+            any callable from the decoder's output to a distribution with event shape [D].
         num_data: N, the training set's size: the data plate's size, so the model's
             log-density is the full-data one (eq. 8). :func:`pyro_vae.train` sets it.
         init: ``"torch"`` (keep the networks' initialisation), ``"paper"`` (every
@@ -139,25 +145,94 @@ class VAE(PyroModule):
         x_dim: int,
         latent_dim: int = 20,
         hidden_dims: Sequence[int] = (500,),
-        likelihood: str = "bernoulli",
+        likelihood: LikelihoodLike = "bernoulli",
         prior: Prior | Mapping[str, Any] | None = None,
         activation: str = "tanh",
-        decoder_min_var: float = 1e-4,
         init: str = "torch",
         init_std: float = 0.01,
         num_data: int | None = None,
     ) -> VAE:
         """The paper's VAE (appendix C): MLP encoder and decoder with the same hidden widths
-        (``hidden_dims``, the decoder's in reverse; ``[]`` gives linear maps), a Bernoulli or
-        Gaussian likelihood, and ``prior`` (None: N(0, I); a Prior; or a specification
-        :func:`~pyro_vae.priors.build_prior` takes, built after the networks are
-        initialised, since a VampPrior draws its pseudo-inputs from the same random stream).
+        (``hidden_dims``, the decoder's in reverse; ``[]`` gives linear maps), the decoder
+        giving what ``likelihood`` takes (a name, a specification, or a
+        :class:`~pyro_vae.likelihoods.Likelihood`), and ``prior`` (None: N(0, I); a Prior; or
+        a specification :func:`~pyro_vae.priors.build_prior` takes, built after the
+        networks are initialised, since a VampPrior draws its pseudo-inputs from the same
+        random stream). :meth:`build` with ``network="mlp"``.
         """
-        hidden_dims = list(hidden_dims)
-        encoder = GaussianEncoder(x_dim, latent_dim, hidden_dims, activation)
-        decoder = build_decoder(
-            likelihood, latent_dim, x_dim, hidden_dims[::-1], activation, decoder_min_var
+        return cls.build(
+            x_dim,
+            network="mlp",
+            latent_dim=latent_dim,
+            hidden_dims=hidden_dims,
+            likelihood=likelihood,
+            prior=prior,
+            activation=activation,
+            init=init,
+            init_std=init_std,
+            num_data=num_data,
         )
+
+    @classmethod
+    def build(
+        cls,
+        x_dim: int,
+        network: str | Mapping[str, Any] = "mlp",
+        *,
+        image_shape: Sequence[int] | None = None,
+        latent_dim: int = 20,
+        hidden_dims: Sequence[int] = (500,),
+        likelihood: LikelihoodLike = "bernoulli",
+        prior: Prior | Mapping[str, Any] | None = None,
+        activation: str = "tanh",
+        init: str = "torch",
+        init_std: float = 0.01,
+        num_data: int | None = None,
+    ) -> VAE:
+        """A VAE with the networks ``network`` names, for data of ``x_dim`` values.
+
+        ``network``: ``"mlp"`` (the paper's; ``hidden_dims`` and ``activation`` apply),
+        ``"conv"`` or ``{"name": "conv", **options}`` (:mod:`pyro_vae.conv`: ``channels``,
+        ``kernel_size``, ``hidden_dims``, ``activation``; needs ``image_shape``, (H, W) or
+        (C, H, W)), or ``{"encoder": {"_target_": ..., **kwargs}, "decoder": {...}}``
+        naming a user's own classes: each is called with its kwargs and those of
+        ``x_dim``, ``latent_dim``, ``image_shape`` and ``heads`` (the decoder outputs the
+        likelihood takes, :class:`~pyro_vae.networks.Head`) that its signature accepts.
+        The decoder's last layer has one output per head of the likelihood. The other
+        arguments are :meth:`mlp`'s.
+        """
+        try:
+            spec = network_spec(network)
+        except ArgumentError as e:
+            raise ArgumentError(e.detail, f"network.{e.key}" if e.key else None) from None
+        lik = get_likelihood(likelihood)
+        heads = likelihood_heads(lik)
+        hidden_dims = list(hidden_dims)
+        name = spec.get("name")
+        if name == "mlp":
+            encoder: nn.Module = GaussianEncoder(x_dim, latent_dim, hidden_dims, activation)
+            decoder: nn.Module = MLPDecoder(latent_dim, x_dim, hidden_dims[::-1], activation, heads)
+        elif name == "conv":
+            from .conv import ConvDecoder, ConvEncoder
+
+            if image_shape is None:
+                raise ArgumentError(
+                    "network=conv needs the images' shape: image_shape=(C, H, W) or (H, W)",
+                    "image_shape",
+                )
+            options = {k: v for k, v in spec.items() if k != "name"}
+            encoder = ConvEncoder(image_shape, latent_dim, **options)
+            decoder = ConvDecoder(latent_dim, image_shape, heads, **mirrored(options))
+        else:
+            context = {
+                "x_dim": x_dim,
+                "latent_dim": latent_dim,
+                "image_shape": tuple(image_shape) if image_shape else None,
+            }
+            encoder = build_user_network(spec["encoder"], "network.encoder", context)
+            decoder = build_user_network(
+                spec["decoder"], "network.decoder", {**context, "heads": heads}
+            )
         init_parameters(encoder, init, init_std)
         init_parameters(decoder, init, init_std)
         if prior is None:
@@ -165,13 +240,13 @@ class VAE(PyroModule):
             prior.name = "standard_normal"
         elif isinstance(prior, Mapping):
             prior = build_prior(prior, latent_dim, x_dim=x_dim, encoder=encoder)
-        vae = cls(encoder, decoder, prior, likelihood=likelihood, num_data=num_data)
+        vae = cls(encoder, decoder, prior, likelihood=lik, num_data=num_data)
         vae.settings = {
             "latent_dim": latent_dim,
             "hidden_dims": hidden_dims,
-            "likelihood": likelihood,
+            "likelihood": lik.spec() if hasattr(lik, "spec") else repr(lik),
             "activation": activation,
-            "decoder_min_var": decoder_min_var,
+            "network": spec,
             "init": init,
             "init_std": init_std,
             "prior": vae.prior.spec(),
@@ -180,17 +255,28 @@ class VAE(PyroModule):
 
     @classmethod
     def from_settings(
-        cls, settings: Mapping[str, Any], x_dim: int, num_data: int | None = None
+        cls,
+        settings: Mapping[str, Any],
+        x_dim: int,
+        num_data: int | None = None,
+        image_shape: Sequence[int] | None = None,
     ) -> VAE:
-        """:meth:`mlp` with the keys of :data:`MLP_SETTINGS` read from ``settings`` (a run's
-        configuration, say)."""
-        missing = [k for k in MLP_SETTINGS if k not in settings]
+        """:meth:`build` with the keys of :data:`MODEL_SETTINGS` read from ``settings`` (a
+        run's configuration, say; those of earlier versions are read too)."""
+        settings = upgrade_settings(settings)
+        settings.setdefault("network", "mlp")
+        missing = [k for k in MODEL_SETTINGS if k not in settings]
         if missing:
             raise ArgumentError(
-                f"the settings do not describe the paper's MLP VAE: {missing} missing (a model "
+                f"the settings do not describe a pyro-vae model: {missing} missing (a model "
                 "of your own is loaded by passing it: load_run(run_dir, vae=...))"
             )
-        return cls.mlp(x_dim, num_data=num_data, **{k: settings[k] for k in MLP_SETTINGS})
+        return cls.build(
+            x_dim,
+            num_data=num_data,
+            image_shape=image_shape,
+            **{k: settings[k] for k in MODEL_SETTINGS},
+        )
 
     def data_scale(self, batch_size: int) -> float:
         """N/M: the weight of a minibatch of M points in the full-data bound (eq. 8); 1 when
@@ -244,3 +330,63 @@ class VAE(PyroModule):
         z = q.rsample((num_samples,))
         log_px_z = self.decode(z).log_prob(x)
         return log_px_z + self.prior().log_prob(z) - q.log_prob(z)
+
+
+def network_spec(network: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``network`` as a mapping with a ``name``: ``mlp``, ``conv`` (with its options), or
+    ``custom`` (a user's ``encoder`` and ``decoder`` classes, each a mapping with a
+    ``_target_``). Errors name the key within the network's node (``name``,
+    ``encoder._target_``, ``channels``)."""
+    if isinstance(network, str):
+        network = {"name": network}
+    if not isinstance(network, Mapping):
+        raise refuse("name", network, f"one of {list(NETWORKS)} or a mapping")
+    spec = dict(network)
+    if "encoder" in spec or "decoder" in spec:
+        for part in ("encoder", "decoder"):
+            if not isinstance(spec.get(part), Mapping) or "_target_" not in spec[part]:
+                raise refuse(part, spec.get(part), "a mapping with a _target_ (import path)")
+        spec.setdefault("name", "custom")
+        return spec
+    spec.setdefault("name", "mlp")
+    if spec["name"] not in NETWORKS:
+        raise refuse("name", spec["name"], f"one of {list(NETWORKS)}, or encoder/decoder _target_s")
+    if spec["name"] == "mlp" and len(spec) > 1:
+        extra = sorted(set(spec) - {"name"})[0]
+        raise refuse(extra, spec[extra], "no option (the MLP's are hidden_dims, activation)")
+    return spec
+
+
+def check_network(network: str | Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`network_spec`, with the options checked against the classes' signatures (a
+    user's classes imported) before any data are read."""
+    spec = network_spec(network)
+    options = {k: v for k, v in spec.items() if k != "name"}
+    if spec["name"] == "conv":
+        from .conv import ConvEncoder, check_options
+
+        check_params(ConvEncoder, options, "network=conv", skip=("self", *_CONV_CONTEXT))
+        check_options(**options)
+    elif spec["name"] not in NETWORKS:
+        for part in ("encoder", "decoder"):
+            params = dict(spec[part])
+            cls = import_target(params.pop("_target_"), f"{part}._target_", "an nn.Module class")
+            try:
+                check_params(cls, params, path_of(cls), skip=("self", *_USER_CONTEXT))
+            except ArgumentError as e:
+                raise ArgumentError(e.detail, f"{part}.{e.key}" if e.key else None) from None
+    return spec
+
+
+def mirrored(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The decoder's options from the encoder's: ``channels`` and ``hidden_dims`` listed
+    from the encoder's input side are the decoder's in reverse, as for the MLP."""
+    out = dict(options)
+    for key in ("channels", "hidden_dims"):
+        if isinstance(out.get(key), Sequence) and not isinstance(out[key], str):
+            out[key] = list(out[key])[::-1]
+    return out
+
+
+_CONV_CONTEXT = ("image_shape", "latent_dim", "heads")
+_USER_CONTEXT = ("x_dim", "latent_dim", "image_shape", "heads")

@@ -9,14 +9,15 @@ variance) for the Gaussian. A user's own networks follow the same conventions.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .errors import refuse
+from .errors import ArgumentError, refuse
+from .targets import accepted_context, check_params, import_target, path_of
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -59,30 +60,83 @@ class GaussianEncoder(nn.Module):
         return self.loc(h), torch.exp(0.5 * self.log_var(h))
 
 
-class BernoulliDecoder(nn.Module):
-    """The logits W2 tanh(W1 z + b1) + b2 of p_theta(x|z) = Bernoulli(sigmoid(logits))
-    (appendix C.1; :class:`~pyro_vae.likelihoods.Bernoulli` turns them into p(x|z))."""
+@dataclass(frozen=True)
+class Head:
+    """One output of a decoder, as a likelihood asks for it (:attr:`Likelihood.heads
+    <pyro_vae.likelihoods.Likelihood.heads>`).
 
-    def __init__(self, latent_dim: int, x_dim: int, hidden_dims: Sequence[int], activation: str):
-        super().__init__()
-        self.trunk = mlp_trunk(latent_dim, hidden_dims, activation)
-        self.logits = nn.Linear(_out_dim(latent_dim, hidden_dims), x_dim)
+    ``name`` is the decoder's attribute holding it (so a state dict names it); ``per_dim``
+    values are given for each of the D data values (256 logits per pixel for a categorical
+    over grey levels); a ``shared`` head is one learned vector of D values, not a function of
+    z (a variance learned per dimension).
+    """
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.trunk(z))
+    name: str
+    per_dim: int = 1
+    shared: bool = False
 
 
-class GaussianDecoder(nn.Module):
-    """(mu, log sigma^2) of p_theta(x|z) = N(mu, diag sigma^2): mu = sigmoid(W4 h + b4),
-    log sigma^2 = W5 h + b5 (appendix C.2; :class:`~pyro_vae.likelihoods.Gaussian` makes
-    the distribution).
+def heads_output(
+    heads: Sequence[Head], outputs: Sequence[torch.Tensor]
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A decoder's return value: one tensor for one head, else a tuple in the heads' order."""
+    return outputs[0] if len(heads) == 1 else tuple(outputs)
 
-    The sigmoid keeps the mean in (0, 1) as for the paper's Frey Face decoder. The
-    variance is softly floored at ``min_var``: ``log sigma^2 = m + softplus(raw - m)``
-    with ``m = log(min_var)``. Without a floor the likelihood of pixels the decoder fits
-    exactly grows without bound and training diverges; the softplus keeps a gradient
-    everywhere, unlike a hard clamp, and is within ``softplus(-4) < 0.02`` of the raw
-    value once ``raw`` is 4 nats above the floor.
+
+class HeadedDecoder(nn.Module):
+    """Base of the decoders: the trunk's features go through one last layer per head of the
+    likelihood, each an attribute named after its head (so the paper's decoders keep the
+    parameter names and order they always had: ``logits`` for the Bernoulli, ``loc`` then
+    ``log_var`` for the Gaussian). A shared head is a learned ``nn.Parameter`` of D values.
+
+    A subclass calls :meth:`add_heads` with a factory of its last layer (a linear map for
+    the MLP, a transposed convolution for the conv network) and :meth:`apply_heads` on the
+    trunk's features, with a function that flattens a layer's output to ``[..., D * per_dim]``
+    in the data's order.
+    """
+
+    heads: tuple[Head, ...]
+
+    def add_heads(
+        self, heads: Sequence[Head], x_dim: int, make_layer: Callable[[int], nn.Module]
+    ) -> None:
+        if not heads or not all(isinstance(h, Head) for h in heads):
+            raise refuse("heads", heads, "a non-empty sequence of pyro_vae.networks.Head")
+        self.heads, self.x_dim = tuple(heads), x_dim
+        for head in self.heads:
+            if head.shared:
+                layer: nn.Module | nn.Parameter = nn.Parameter(torch.zeros(x_dim * head.per_dim))
+            else:
+                layer = make_layer(head.per_dim)
+            setattr(self, head.name, layer)
+
+    def apply_heads(
+        self,
+        features: torch.Tensor,
+        batch_shape: Sequence[int],
+        flatten: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Each head on ``features`` (whose leading dims flatten ``batch_shape``): tensors of
+        shape ``[*batch_shape, D]``, or ``[*batch_shape, D, per_dim]``."""
+        outputs = []
+        for head in self.heads:
+            layer = getattr(self, head.name)
+            if head.shared:
+                out = layer.expand(*batch_shape, -1)
+            else:
+                out = flatten(layer(features)).reshape(*batch_shape, -1)
+            if head.per_dim > 1:
+                out = out.reshape(*out.shape[:-1], self.x_dim, head.per_dim)
+            outputs.append(out)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+class MLPDecoder(HeadedDecoder):
+    """The paper's decoder MLP (appendix C): ``h = tanh(W1 z + b1)`` (one layer per width of
+    ``hidden_dims``), then one linear map per head of the likelihood: the logits ``W2 h + b2``
+    of the Bernoulli (C.1), the mean ``W4 h + b4`` and log variance ``W5 h + b5`` of the
+    Gaussian (C.2; :class:`~pyro_vae.likelihoods.Gaussian` applies the sigmoid and the
+    variance floor). ``heads`` default to the Bernoulli's ``(Head("logits"),)``.
     """
 
     def __init__(
@@ -91,39 +145,30 @@ class GaussianDecoder(nn.Module):
         x_dim: int,
         hidden_dims: Sequence[int],
         activation: str,
-        min_var: float = 1e-4,
+        heads: Sequence[Head] = (Head("logits"),),
     ):
         super().__init__()
-        if not min_var > 0:
-            raise refuse("decoder_min_var", min_var, "a number > 0")
         self.trunk = mlp_trunk(latent_dim, hidden_dims, activation)
-        self.loc = nn.Linear(_out_dim(latent_dim, hidden_dims), x_dim)
-        self.log_var = nn.Linear(_out_dim(latent_dim, hidden_dims), x_dim)
-        self.min_log_var = math.log(min_var)
+        width = _out_dim(latent_dim, hidden_dims)
+        self.add_heads(heads, x_dim, lambda per_dim: nn.Linear(width, x_dim * per_dim))
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (mean, log variance), each [..., x_dim]."""
-        h = self.trunk(z)
-        raw = self.log_var(h)
-        log_var = self.min_log_var + F.softplus(raw - self.min_log_var)
-        return torch.sigmoid(self.loc(h)), log_var
+    def forward(self, z: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return self.apply_heads(self.trunk(z), z.shape[:-1])
 
 
-def build_decoder(
-    likelihood: str,
-    latent_dim: int,
-    x_dim: int,
-    hidden_dims: Sequence[int],
-    activation: str,
-    min_var: float = 1e-4,
-) -> BernoulliDecoder | GaussianDecoder:
-    if likelihood == "bernoulli":
-        return BernoulliDecoder(latent_dim, x_dim, hidden_dims, activation)
-    if likelihood == "gaussian":
-        return GaussianDecoder(latent_dim, x_dim, hidden_dims, activation, min_var)
-    raise refuse(
-        "likelihood", likelihood, "one of ['bernoulli', 'gaussian'] (the paper's decoders)"
-    )
+def build_user_network(spec: Mapping[str, Any], key: str, context: Mapping[str, Any]) -> nn.Module:
+    """A user's network class named by ``spec["_target_"]`` (an import path), called with the
+    rest of ``spec`` and the entries of ``context`` (``x_dim``, ``latent_dim``,
+    ``image_shape``, ``heads``) that its signature takes. Errors name ``key``."""
+    params = dict(spec)
+    cls = import_target(params.pop("_target_", None), f"{key}._target_", "an nn.Module class")
+    if not issubclass(cls, nn.Module):
+        raise refuse(f"{key}._target_", spec["_target_"], "an nn.Module class")
+    try:
+        check_params(cls, params, path_of(cls), skip=("self", *context))
+    except ArgumentError as e:
+        raise ArgumentError(e.detail, f"{key}.{e.key}" if e.key else None) from None
+    return cls(**params, **accepted_context(cls, context))
 
 
 INITS = ("paper", "torch")

@@ -38,12 +38,18 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 
 def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> np.ndarray:
-    """Tile ``images`` [N, H*W] into one array with a 1-pixel gap, ``ncol`` per row."""
-    h, w = image_shape
+    """Tile ``images`` [N, D] into one array with a 1-pixel gap, ``ncol`` per row.
+
+    ``image_shape`` is (H, W) for grey images (a 2-D grid) or (C, H, W) for images stored
+    channel-first (CIFAR-10's): an [.., .., C] grid, RGB for C = 3."""
+    *channels, h, w = image_shape
     n = images.shape[0]
     nrow = math.ceil(n / ncol)
-    grid = np.ones(((h + 1) * nrow - 1, (w + 1) * ncol - 1), dtype=np.float32)
-    imgs = images.detach().float().cpu().reshape(n, h, w).numpy()
+    imgs = images.detach().float().cpu().reshape(n, *channels, h, w).numpy()
+    extra: tuple[int, ...] = ()
+    if channels:
+        imgs, extra = imgs.transpose(0, 2, 3, 1), (channels[0],)
+    grid = np.ones(((h + 1) * nrow - 1, (w + 1) * ncol - 1, *extra), dtype=np.float32)
     for i in range(n):
         r, c = divmod(i, ncol)
         grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = imgs[i]
@@ -52,10 +58,12 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> n
 
 def _show_grid(grid: np.ndarray, title: str, path: Path, scale: int = 2) -> Path:
     # ``scale`` output pixels per image pixel (at the saved dpi), so digits stay legible.
-    height, width = (scale * n / _DPI for n in grid.shape)
+    height, width = (scale * n / _DPI for n in grid.shape[:2])
     fig = Figure(figsize=(max(width, 4.0), height + 0.5))
     ax = fig.add_subplot()
-    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    if grid.ndim == 3 and grid.shape[2] == 1:
+        grid = grid[:, :, 0]
+    ax.imshow(np.clip(grid, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
     return save_figure(fig, path)

@@ -25,8 +25,6 @@ Bad values raise :class:`~pyro_vae.errors.ArgumentError` naming the parameter
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 import math
 from collections.abc import Mapping
@@ -39,6 +37,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.nn import PyroModule, PyroParam
 
 from .errors import ArgumentError, refuse
+from .targets import accepted_context, check_params, import_target
 
 # Keyword arguments a Prior's constructor may take from the model rather than the config.
 CONTEXT_KEYS = ("x_dim", "encoder")
@@ -135,7 +134,7 @@ class Factorized(Prior):
         what = _path(family)
         if not isinstance(learnable, bool):
             raise refuse("learnable", learnable, "true or false")
-        names = _check_params(family, params, what, skip=("validate_args",), also=("learnable",))
+        names = check_params(family, params, what, skip=("validate_args",), also=("learnable",))
         values = {}
         for key in names:
             default = inspect.signature(family).parameters[key].default
@@ -325,11 +324,8 @@ def build_prior(spec: Mapping[str, Any], latent_dim: int, **context: Any) -> Pri
     if issubclass(cls, torch.distributions.Distribution):
         prior = Factorized(latent_dim, cls, **params)
     else:
-        _check_params(cls, params, _path(cls), skip=("self", "latent_dim", *CONTEXT_KEYS))
-        accepted = inspect.signature(cls).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-        extra = {k: v for k, v in context.items() if takes_any or k in accepted}
-        prior = cls(latent_dim, **params, **extra)
+        check_params(cls, params, _path(cls), skip=("self", "latent_dim", *CONTEXT_KEYS))
+        prior = cls(latent_dim, **params, **accepted_context(cls, context))
     if name:
         prior.name = name  # the label, for messages and titles
     return prior
@@ -408,15 +404,9 @@ def _locate(target: Any) -> type:
         "the import path of a univariate distribution class on the real line "
         "(e.g. pyro.distributions.Laplace) or of a pyro_vae.priors.Prior subclass"
     )
-    module, _, attr = str(target).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-        if not isinstance(cls, type):
-            raise TypeError(f"{target} is a {type(cls).__name__}, not a class")
-    except (ImportError, AttributeError, ValueError, TypeError) as e:
-        close = difflib.get_close_matches(attr, dist.__all__, n=1)
-        hint = f"; did you mean pyro.distributions.{close[0]}?" if close else ""
-        raise refuse("_target_", target, f"{allowed} ({type(e).__name__}: {e}{hint})") from None
+    cls = import_target(
+        target, "_target_", allowed, [f"pyro.distributions.{n}" for n in dist.__all__]
+    )
     if issubclass(cls, torch.distributions.Distribution):
         # torch's own classes lack Pyro's .to_event; Pyro wraps each under the same name.
         wrapped = getattr(dist, cls.__name__, None)
@@ -427,35 +417,6 @@ def _locate(target: Any) -> type:
     elif issubclass(cls, Prior):
         return cls
     raise refuse("_target_", target, allowed)
-
-
-def _check_params(
-    cls: type,
-    params: Mapping[str, Any],
-    what: str,
-    skip: tuple[str, ...],
-    also: tuple[str, ...] = (),
-) -> list[str]:
-    """The constructor parameters of ``cls``; unknown or missing config keys are refused."""
-    sig = inspect.signature(cls)
-    named = [
-        k
-        for k, p in sig.parameters.items()
-        if k not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        unknown = sorted(set(params) - set(named))
-        if unknown:
-            keys = [*named, *also]
-            allowed = f"expected keys among {keys}" if keys else "it takes no parameters"
-            raise ArgumentError(f" is not a parameter of {what}: {allowed}", unknown[0])
-    required = [k for k in named if sig.parameters[k].default is inspect.Parameter.empty]
-    missing = [k for k in required if k not in params]
-    if missing:
-        raise ArgumentError(
-            f"missing value for {{key}}: {what} needs {required}; set {{key}}=...", missing[0]
-        )
-    return named
 
 
 def _tensor(key: str, value: Any, shape: tuple[int, ...], where: str) -> torch.Tensor:

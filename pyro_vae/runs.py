@@ -19,6 +19,7 @@ import torch
 from .data import RunData, load_dataset, prepare_data
 from .errors import RunDirError, refuse
 from .evaluate import evaluate
+from .likelihoods import get_likelihood
 from .model import VAE
 from .plots import FIGURES, elbo_title, plot_figures
 from .training.rundir import LAST_CHECKPOINT, RunDir
@@ -37,6 +38,9 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
+_PREPARE_KEYS = frozenset({"name", "binarize", "test_binarize", "binarize_seed"})
+
+
 def load_data(settings: Mapping[str, Any], device: torch.device | str = "cpu") -> RunData:
     """The dataset a run's settings name (``dataset``, ``data_dir``, ``download``,
     ``likelihood``), read, checked and binarised as the run trained on it."""
@@ -46,24 +50,26 @@ def load_data(settings: Mapping[str, Any], device: torch.device | str = "cpu") -
             "this run was trained on tensors given in Python; its data are not in the run "
             "directory: pass them (evaluate(vae, x), plots on the model)"
         )
+    # the dataset node's keys that are load_dataset's arguments (its name, files, sizes,
+    # a synthetic set's parameters); binarisation is prepare_data's
+    options = {k: v for k, v in d.items() if k not in _PREPARE_KEYS}
     dataset = load_dataset(
-        d["name"],
-        settings.get("data_dir"),
-        download=settings.get("download", True),
-        train_size=d.get("train_size"),
-        path=d.get("path"),
-        test_path=d.get("test_path"),
-        test_fraction=d.get("test_fraction", 0.1),
-        image_shape=d.get("image_shape"),
+        d["name"], settings.get("data_dir"), download=settings.get("download", True), **options
     )
     return prepare_data(
         dataset,
         binarize_train=d.get("binarize", "none"),
         binarize_test=d.get("test_binarize", "none"),
         binarize_seed=d.get("binarize_seed", 0),
-        likelihood=settings.get("likelihood"),
+        likelihood=_likelihood(settings.get("likelihood")),
         device=device,
     )
+
+
+def _likelihood(spec: Any) -> Any:
+    """The likelihood a run recorded (a specification; in older runs, a name), whose
+    support its data are checked against; None where none was recorded."""
+    return get_likelihood(spec) if spec else None
 
 
 @dataclass
@@ -104,7 +110,9 @@ def load_run(
     state = run.load_checkpoint(checkpoint, map_location=dev)
     meta = state["meta"]
     if vae is None:
-        vae = VAE.from_settings(cfg, meta["x_dim"], num_data=meta["num_data"])
+        vae = VAE.from_settings(
+            cfg, meta["x_dim"], num_data=meta["num_data"], image_shape=meta.get("image_shape")
+        )
     vae = vae.to(dev)
     vae.load_state_dict(state["model"])
     vae.eval()
@@ -125,12 +133,31 @@ def evaluate_run(
     loaded = load_run(run_dir, checkpoint=checkpoint, device=device, vae=vae)
     cfg = loaded.cfg
     k = int(num_samples or cfg.get("eval_num_samples", 1000))
-    test = loaded.data().test
+    data = loaded.data()
+    test = data.test
     result = evaluate(loaded.vae, test, k, cfg.get("eval_batch_size", 1000), seed)
     seconds = result.pop("evaluation_seconds")
+    exact = exact_log_likelihood(data.dataset, test)
+    if exact:
+        ll = exact["test_exact_log_likelihood"]
+        exact.update(
+            elbo_gap=ll - result["test_elbo"],
+            importance_gap=ll - result["test_log_likelihood"],
+        )
+    result.update(exact)
     result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
     loaded.run.update_summary(**result)
     return result
+
+
+def exact_log_likelihood(dataset: Any, test: torch.Tensor) -> dict[str, float]:
+    """Where the dataset's log p(x) is known in closed form (``dataset=linear_gaussian``),
+    the exact mean test log-likelihood, and the gaps of the ELBO and of the importance-
+    sampled estimate below it are reported beside them by ``pyro-vae evaluate``."""
+    exact = getattr(dataset, "exact_log_likelihood", None)
+    if exact is None:
+        return {}
+    return {"test_exact_log_likelihood": exact(test.cpu()).double().mean().item()}
 
 
 def plot_run(

@@ -16,10 +16,17 @@ separately it reports
   mean gradient from the noise);
 - ``seconds_per_estimate``: wall time of one estimate (forward and backward).
 
+``groups=layer`` splits phi and theta by layer (``phi:trunk.0``, ``phi:loc``,
+``theta:logits``, ...) and ``groups=parameter`` by tensor.
+
 Moments are accumulated one estimate at a time in float64 (Welford), so memory does not
 grow with R. A tight loop of R estimates is used: each is one vectorised forward and
 backward pass of the minibatch, which keeps the 2 cores busy; R full gradient copies
 are never stored.
+
+:func:`gradient_variance` is the same lab on any Pyro model and guide (your own site
+names, ``pyro.module``/``pyro.param`` parameters, one data plate), grouped by the names in
+Pyro's param store. Both labs go through one loop, :func:`gradient_moments`.
 """
 
 from __future__ import annotations
@@ -30,19 +37,22 @@ import io
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyro
+import pyro.util
 import torch
 import yaml
 from matplotlib.figure import Figure
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 
 from .atomic import atomic_write
 from .data import Minibatches
-from .errors import ArgumentError, RunDirError
+from .errors import ArgumentError, EstimatorError, RunDirError, refuse
 from .estimators import ESTIMATORS, build_estimator
 from .model import VAE
 from .plots import save_figure
@@ -140,6 +150,77 @@ def parameter_group(name: str) -> str:
     return "phi" if name.startswith("encoder.") else "theta"
 
 
+#: ``groups=`` by name: how parameters are grouped (see :func:`vae_grouping` for a VAE's
+#: ``named_parameters`` and :func:`store_grouping` for Pyro's param store names).
+GROUPINGS = ("module", "layer", "parameter")
+GroupSpec = str | Callable[[str], str | None] | None
+
+
+def _allowed_groups() -> str:
+    return f"one of {list(GROUPINGS)} or a callable name -> group name (None leaves it out)"
+
+
+def _layer(path: str) -> str:
+    """``trunk.0.weight`` -> ``trunk.0``; a name without a component to drop stays as it is."""
+    head, _, _ = path.rpartition(".")
+    return head or path
+
+
+def vae_grouping(groups: GroupSpec = "module") -> Callable[[str], str | None]:
+    """Group of a :class:`~pyro_vae.model.VAE` parameter, from its ``named_parameters`` name.
+
+    ``module``: ``phi`` (encoder) and ``theta`` (decoder, learnable prior). ``layer``: the
+    layer within those, ``phi:trunk.0``, ``phi:loc``, ``theta:logits``, ``theta:prior``
+    (the name without ``encoder.``/``decoder.`` and without its last component).
+    ``parameter``: one group per tensor, ``phi:trunk.0.weight``. A callable takes the name.
+    """
+    if callable(groups):
+        return groups
+    if groups in (None, "module"):
+        return parameter_group
+
+    def within(name: str) -> str:
+        top = parameter_group(name)
+        path = name.removeprefix("encoder.") if top == "phi" else name.removeprefix("decoder.")
+        return f"{top}:{_layer(path) if groups == 'layer' else path}"
+
+    if groups in ("layer", "parameter"):
+        return within
+    raise refuse("groups", groups, _allowed_groups())
+
+
+def store_grouping(groups: GroupSpec = None) -> Callable[[str], str | None]:
+    """Group of a parameter from its name in Pyro's param store.
+
+    ``module`` (the default): the module registered with ``pyro.module`` (the name before
+    the first ``$$$``: ``encoder$$$fc1.weight`` -> ``encoder``); a plain ``pyro.param`` is
+    a group of its own, under its name. ``layer``: the name without its last component
+    (``encoder$$$fc1.weight`` -> ``encoder$$$fc1``; a parameter of the module itself, as
+    ``encoder$$$weight``, goes to ``encoder``). ``parameter``: one group per tensor. A
+    callable takes the name and returns the group (None leaves the parameter out).
+    """
+    if callable(groups):
+        return groups
+
+    def module(name: str) -> str:
+        return name.partition(_MODULE_DIVIDER)[0]
+
+    def layer(name: str) -> str:
+        owner, sep, path = name.partition(_MODULE_DIVIDER)
+        if not sep:
+            return _layer(name)
+        head = path.rpartition(".")[0]
+        return f"{owner}{sep}{head}" if head else owner
+
+    chosen = {None: module, "module": module, "layer": layer, "parameter": str}
+    if not isinstance(groups, str | None) or groups not in chosen:
+        raise refuse("groups", groups, _allowed_groups())
+    return chosen[groups]
+
+
+_MODULE_DIVIDER = "$$$"  # pyro.module's separator between module and parameter names
+
+
 class Moments:
     """Running mean and sum of squared deviations of a vector (Welford's update, float64)."""
 
@@ -170,32 +251,78 @@ class Moments:
         }
 
 
-def gradient_statistics(
-    elbo: Any, vae: VAE, x: torch.Tensor, idx: torch.Tensor, repeats: int
+def group_members(
+    names: Sequence[str], group_of: Callable[[str], str | None]
+) -> dict[str, list[int]]:
+    """Group name -> indices of its parameters, groups in order of first appearance;
+    a parameter whose group is None is left out."""
+    members: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        group = group_of(name)
+        if group is not None:
+            members.setdefault(str(group), []).append(i)
+    return members
+
+
+def gradient_moments(
+    loss: Callable[[], torch.Tensor],
+    params: Sequence[torch.Tensor],
+    members: dict[str, list[int]],
+    repeats: int,
+    divisor: float = 1.0,
 ) -> dict[str, Any]:
-    """R = ``repeats`` independent estimates of grad(-loss / N) on (x, idx): per group
-    :meth:`Moments.summary`, and the mean bound and seconds per estimate."""
-    named = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    members = {g: [i for i, (n, _) in enumerate(named) if parameter_group(n) == g] for g in GROUPS}
+    """The lab's one loop: R = ``repeats`` draws of g = grad(``loss()`` / ``divisor``) with
+    respect to ``params``, accumulated per group of ``members`` (group -> indices into
+    ``params``) by :class:`Moments`; returns each group's :meth:`Moments.summary`, the mean
+    of -loss / divisor (``bound``) and the seconds per estimate (forward and backward).
+
+    Gradients come from ``torch.autograd.grad``: the parameters' ``.grad`` is not touched.
+    """
+    device = params[0].device if params else "cpu"
     moments = {
-        g: Moments(sum(params[i].numel() for i in m), x.device) for g, m in members.items() if m
+        g: Moments(sum(params[i].numel() for i in m), device) for g, m in members.items() if m
     }
-    n = float(vae.num_data or x.shape[0])
     seconds, bound = 0.0, 0.0
     for _ in range(repeats):
         start = time.perf_counter()
-        loss = elbo.differentiable_loss(vae.model, vae.guide, x, idx)
-        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+        value = loss()
+        grads = torch.autograd.grad(value, params, allow_unused=True, materialize_grads=True)
         seconds += time.perf_counter() - start
-        bound += -loss.item() / n / repeats
+        bound += -value.item() / divisor / repeats
         for g, m in moments.items():
-            m.add(torch.cat([grads[i].reshape(-1) for i in members[g]]) / n)
+            m.add(torch.cat([grads[i].reshape(-1) for i in members[g]]) / divisor)
     return {
         "bound": bound,
         "seconds_per_estimate": seconds / repeats,
         "groups": {g: m.summary() for g, m in moments.items()},
     }
+
+
+def gradient_statistics(
+    elbo: Any,
+    vae: VAE,
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    repeats: int,
+    groups: GroupSpec = "module",
+) -> dict[str, Any]:
+    """R = ``repeats`` independent estimates of grad(-loss / N) on (x, idx): per group
+    :meth:`Moments.summary`, and the mean bound and seconds per estimate.
+
+    ``groups``: ``module`` (phi, theta), ``layer``, ``parameter`` or a callable
+    (:func:`vae_grouping`); phi's groups come before theta's.
+    """
+    named = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
+    members = group_members([n for n, _ in named], vae_grouping(groups))
+    if not callable(groups):  # phi's groups first, whatever the order of the modules
+        members = dict(sorted(members.items(), key=lambda kv: not kv[0].startswith("phi")))
+    return gradient_moments(
+        lambda: elbo.differentiable_loss(vae.model, vae.guide, x, idx),
+        [p for _, p in named],
+        members,
+        repeats,
+        float(vae.num_data or x.shape[0]),
+    )
 
 
 def _checkpoint_epoch(state: dict[str, Any]) -> float | None:
@@ -212,33 +339,87 @@ def estimator_variance(
     num_particles: Sequence[int] = (1,),
     repeats: int = 100,
     seed: int = 0,
+    groups: GroupSpec = "module",
 ) -> list[dict[str, Any]]:
     """Gradient variance of each estimator on the minibatch ``x`` (dataset indices ``idx``):
-    one row per (L, estimator, parameter group phi/theta) with :meth:`Moments.summary`'s
-    measures, the mean bound and the seconds per estimate.
+    one row per (L, estimator, parameter group) with :meth:`Moments.summary`'s measures,
+    the mean bound and the seconds per estimate.
 
-    ``estimators``: names (``"stl"``), ``"score_function:baseline=none"`` strings or
-    :class:`EstimatorSpec`; all registered ones by default. Each estimator's R estimates
-    start from the random state ``seed``. An estimator that cannot run on this model
-    (``sgvb_b`` with a mixture prior) is skipped with a warning.
+    ``estimators``: names (``"stl"``), ``"score_function:baseline=none"`` strings,
+    (name, parameters) pairs or :class:`EstimatorSpec`; all registered ones by default.
+    Each estimator's R estimates start from the random state ``seed``. An estimator that
+    cannot run on this model (``sgvb_b`` with a mixture prior) is skipped with a warning.
+    ``groups``: ``module`` (phi and theta), ``layer`` (``phi:trunk.0``, ...), ``parameter``
+    or a callable name -> group (:func:`vae_grouping`).
     """
     _check_lab(repeats, num_particles)
-    if estimators is None:
-        specs = parse_estimators(None)
-    else:
-        specs = [e if isinstance(e, EstimatorSpec) else parse_estimators(e)[0] for e in estimators]
+    specs = estimator_specs(estimators)
+    vae_grouping(groups)  # refuse a bad value before any estimate
     if idx is None:
         idx = torch.arange(x.shape[0], device=x.device)
+
+    def measure(elbo: Any) -> dict[str, Any]:
+        return gradient_statistics(elbo, vae, x, idx, repeats, groups)
+
+    return _lab_rows(specs, num_particles, repeats, seed, measure, {"batch_size": x.shape[0]})
+
+
+def estimator_specs(estimators: Any) -> list[EstimatorSpec]:
+    """The lab's estimators from None (every registered one), a comma-separated string, or
+    a sequence of names, ``name:key=value`` strings, (name, parameters) pairs and
+    :class:`EstimatorSpec`."""
+    if estimators is None or isinstance(estimators, str):
+        return parse_estimators(estimators)
+    specs: list[EstimatorSpec] = []
+    for item in estimators:
+        if isinstance(item, EstimatorSpec):
+            specs.append(item)
+        elif isinstance(item, str):
+            specs += parse_estimators(item)
+        elif (
+            isinstance(item, tuple | list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], Mapping)
+        ):
+            specs.append(EstimatorSpec.of(item[0], **item[1]))
+        else:
+            raise refuse(
+                "estimators",
+                item,
+                "names, 'name:key=value' strings, (name, parameters) pairs or EstimatorSpec",
+            )
+    if not specs:
+        raise refuse("estimators", estimators, "at least one estimator")
+    return specs
+
+
+def _lab_rows(
+    specs: Sequence[EstimatorSpec],
+    num_particles: Sequence[int],
+    repeats: int,
+    seed: int | None,
+    measure: Callable[[Any], dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    skipped: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (L, estimator, group) of ``measure(elbo)`` (:func:`gradient_moments`'s
+    result), with ``extra`` after ``repeats``; each estimator starts from the random state
+    ``seed`` (unless None). An estimator refused with an :class:`ArgumentError` is skipped
+    with a warning (and its message appended to ``skipped``)."""
     rows = []
     for num in num_particles:
         for spec in specs:
-            pyro.set_rng_seed(seed)
+            if seed is not None:
+                pyro.set_rng_seed(seed)
             try:
                 elbo = build_estimator(spec.cfg, num)
-                stats = gradient_statistics(elbo, vae, x, idx, repeats)
+                stats = measure(elbo)
             except ArgumentError as e:
                 # E.g. sgvb_b on a run with a mixture prior: the others still run.
                 logger.warning("variance: skipped %s at L=%d: %s", spec.label, num, e)
+                if skipped is not None:
+                    skipped.append(f"{spec.label} at L={num}: {e}")
                 continue
             for group, summary in stats["groups"].items():
                 rows.append(
@@ -247,7 +428,7 @@ def estimator_variance(
                         "num_particles": num,
                         "group": group,
                         "repeats": repeats,
-                        "batch_size": x.shape[0],
+                        **(extra or {}),
                         "bound": stats["bound"],
                         **summary,
                         "seconds_per_estimate": stats["seconds_per_estimate"],
@@ -263,6 +444,141 @@ def _check_lab(repeats: Any, num_particles: Sequence[int]) -> None:
         raise ArgumentError.refuse("num_particles", list(num_particles), "integers >= 1")
 
 
+# ---------------------------------------------------------------------------------------
+# The lab on any Pyro model and guide
+
+
+def gradient_variance(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    *args: Any,
+    estimators: Any = None,
+    repeats: int = 100,
+    groups: GroupSpec = None,
+    num_particles: int | Sequence[int] = 1,
+    per_datapoint: bool = True,
+    seed: int | None = 0,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Gradient variance of ELBO estimators on your own Pyro ``model`` and ``guide``,
+    called with ``*args`` and ``**kwargs`` (the keywords above are the lab's).
+
+    For each L in ``num_particles`` and each estimator, R = ``repeats`` independent
+    estimates of g = grad(loss / N) with respect to the parameters in Pyro's param store
+    that the model and guide use (``pyro.module``, ``pyro.param``), where loss is the
+    estimator's ``differentiable_loss`` (minus the bound at full-data scale) and N the size
+    of the plate every sample site lies in (the full size, when the plate subsamples):
+    g is the gradient of minus the per-datapoint bound, as in the run lab. With
+    ``per_datapoint=False`` N = 1: the loss as the estimator returns it (and no plate is
+    needed, for estimators that need none).
+
+    Returns one dict per (L, estimator, group): ``estimator``, ``num_particles``, ``group``,
+    ``repeats``, ``bound`` (mean of -loss / N), ``total_variance``, ``mean_snr``,
+    ``relative_variance``, ``mean_grad_norm_sq`` (see the module doc),
+    ``seconds_per_estimate``, ``num_params`` (scalars in the group) and ``num_data`` (N).
+
+    ``estimators``: names (``"stl"``), ``"score_function:baseline=none"`` strings,
+    (name, parameters) pairs, :class:`EstimatorSpec`, or None for every registered one;
+    one the model cannot take is skipped with a warning (all refused: the error).
+    ``groups``: ``"module"`` (default: one group per ``pyro.module`` name, each plain
+    ``pyro.param`` a group of its own), ``"layer"``, ``"parameter"`` or a callable
+    name -> group (:func:`store_grouping`). ``seed``: each estimator's R estimates start
+    from it (so ``trace_elbo`` and ``sgvb_a`` see the same noise); the global random state
+    is restored afterwards. None: no reseeding.
+
+    Parameters keep their values and ``.grad``; parameters this call put into the param
+    store (a model never run before) are removed from it again.
+    """
+    counts = [num_particles] if isinstance(num_particles, int) else list(num_particles)
+    _check_lab(repeats, counts)
+    specs = estimator_specs(estimators)
+    group_of = store_grouping(groups)
+    store = pyro.get_param_store()
+    known = set(store.keys())
+    rng = pyro.util.get_rng_state() if seed is not None else None
+    try:
+        names, params, num_data = _traced_parameters(model, guide, args, kwargs, per_datapoint)
+        members = group_members(names, group_of)
+        if not members:
+            raise refuse("groups", groups, f"a grouping that keeps some of {names}")
+
+        def measure(elbo: Any) -> dict[str, Any]:
+            return gradient_moments(
+                lambda: elbo.differentiable_loss(model, guide, *args, **kwargs),
+                params,
+                members,
+                repeats,
+                float(num_data or 1),
+            )
+
+        skipped: list[str] = []
+        rows = _lab_rows(specs, counts, repeats, seed, measure, skipped=skipped)
+    finally:
+        for name in set(store.keys()) - known:
+            del store[name]
+        if rng is not None:
+            pyro.util.set_rng_state(rng)
+    if not rows:
+        raise EstimatorError(
+            "gradient_variance: every estimator was refused: " + "; ".join(skipped)
+        )
+    sizes = {g: sum(params[i].numel() for i in m) for g, m in members.items()}
+    return [{**r, "num_params": sizes[r["group"]], "num_data": num_data} for r in rows]
+
+
+def _traced_parameters(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: tuple,
+    kwargs: dict[str, Any],
+    per_datapoint: bool,
+) -> tuple[list[str], list[torch.Tensor], int | None]:
+    """The param-store names and unconstrained tensors that ``guide`` and ``model`` (replayed
+    against it) use, as ``pyro.infer.SVI`` finds them; and N, the full size of the plate
+    every sample site lies in (None unless ``per_datapoint``)."""
+    with poutine.trace(param_only=True) as captured:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    names, params = [], []
+    for name, site in captured.trace.nodes.items():
+        if site["type"] != "param":
+            continue
+        leaf = site["value"].unconstrained()
+        if leaf.requires_grad:
+            names.append(name)
+            params.append(leaf)
+    if not params:
+        raise ArgumentError(
+            "gradient_variance: the model and guide use no parameter of Pyro's param store "
+            "(pyro.module or pyro.param) that requires a gradient"
+        )
+    return names, params, _plate_size(model_trace) if per_datapoint else None
+
+
+def _plate_size(model_trace: Any) -> int:
+    """The full size of the one plate that every sample site of the model lies in."""
+    shared: set | None = None
+    sizes: dict[str, int] = {}
+    for site in model_trace.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frames = {f.name for f in site["cond_indep_stack"] if f.vectorized}
+        for f in site["cond_indep_stack"]:
+            sizes[f.name] = int(f.full_size if f.full_size is not None else f.size)
+        shared = frames if shared is None else shared & frames
+    if not shared or len(shared) > 1:
+        found = sorted(shared or ())
+        raise ArgumentError(
+            f"{{key}}=True divides by the size of the one plate every sample site lies in; "
+            f"the model's sample sites share {found or 'no plate'}: pass {{key}}=False for "
+            "the gradient of the loss as the estimator returns it",
+            "per_datapoint",
+        )
+    return sizes[shared.pop()]
+
+
 def variance_lab(
     run_dir: str | Path,
     estimators: str | None = None,
@@ -273,14 +589,19 @@ def variance_lab(
     seed: int = 0,
     device: str | None = None,
     vae: VAE | None = None,
+    groups: GroupSpec = "module",
 ) -> list[dict[str, Any]]:
     """The lab's table on a run (one row per checkpoint, L, estimator and parameter group).
 
     The minibatch is the first one a run with ``seed`` would see (``batch_size``: the
     run's); ``vae`` is the model to load the run into, for a model of your own.
+    ``groups``: ``module`` (phi and theta), ``layer`` (one group per layer: ``phi:trunk.0``,
+    ``phi:loc``, ``phi:log_var``, ``theta:trunk.0``, ``theta:logits``, ...), ``parameter``
+    (one per tensor) or a callable name -> group (:func:`vae_grouping`).
     """
     specs = parse_estimators(estimators)
     _check_lab(repeats, num_particles)
+    vae_grouping(groups)  # refuse a bad value before loading anything
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise RunDirError(f"run directory {run.path} does not exist")
@@ -302,7 +623,7 @@ def variance_lab(
             state = loaded.checkpoint if name == names[0] else run.load_checkpoint(name)
             vae.load_state_dict(state["model"])
             at = {"checkpoint": name, "epoch": _checkpoint_epoch(state)}
-            for row in estimator_variance(vae, x, idx, specs, num_particles, repeats, seed):
+            for row in estimator_variance(vae, x, idx, specs, num_particles, repeats, seed, groups):
                 rows.append({**at, **row})
     return rows
 
@@ -317,8 +638,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _groups(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The rows' parameter groups, in order of first appearance."""
+    return list(dict.fromkeys(r["group"] for r in rows))
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One line per (checkpoint, L, estimator), phi and theta side by side."""
+    """One line per (checkpoint, L, estimator), phi and theta side by side; with other
+    groups (``groups=layer``), one line per (checkpoint, L, estimator, group)."""
+    if not set(_groups(rows)) <= set(GROUPS):
+        return _long_markdown_table(rows)
     head = (
         "| epoch | L | estimator | bound | phi tr Cov | phi SNR | phi rel. var "
         "| theta tr Cov | theta SNR | theta rel. var | ms / estimate |"
@@ -339,6 +668,18 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _long_markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = "| epoch | L | estimator | group | bound | tr Cov | SNR | rel. var | ms / estimate |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [_fmt(r["epoch"]), str(r["num_particles"]), r["estimator"], r["group"]]
+        cells.append(f"{r['bound']:.2f}")
+        cells += [_fmt(r[k]) for k in ("total_variance", "mean_snr", "relative_variance")]
+        cells.append(f"{1000 * r['seconds_per_estimate']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
@@ -352,12 +693,16 @@ def csv_text(rows: Sequence[dict[str, Any]]) -> str:
 _STYLES = [(m, ls) for ls in ("-", "--", ":") for m in "o^sv<D>xP"]
 
 
-def _axes(title: str) -> tuple[Figure, Any]:
-    """2 x 2 panels: total variance (top) and mean SNR (bottom), phi left, theta right."""
-    fig = Figure(figsize=(11, 7.5), layout="constrained")
-    axes = fig.subplots(2, 2, sharex=True)
-    for col, group in enumerate(GROUPS):
-        axes[0, col].set_title(f"{group}: {'encoder' if group == 'phi' else 'decoder, prior'}")
+_TITLES = {"phi": "phi: encoder", "theta": "theta: decoder, prior"}
+
+
+def _axes(title: str, groups: Sequence[str] = GROUPS) -> tuple[Figure, Any]:
+    """2 x G panels: total variance (top) and mean SNR (bottom), one column per group
+    (phi left, theta right; one per layer with ``groups=layer``)."""
+    fig = Figure(figsize=(max(11, 4.5 * len(groups)), 7.5), layout="constrained")
+    axes = fig.subplots(2, len(groups), sharex=True, squeeze=False)
+    for col, group in enumerate(groups):
+        axes[0, col].set_title(_TITLES.get(group, group))
         axes[0, col].set_ylabel("total variance tr Cov[g]")
         axes[1, col].set_ylabel("mean SNR |E g| / sd g")
         for ax in axes[:, col]:
@@ -371,10 +716,11 @@ def _panels(
     rows: Sequence[dict[str, Any]], x_key: str, xlabel: str, title: str, path: Path
 ) -> Path:
     """The two measures against ``x_key`` (epoch or L), one line per estimator."""
-    fig, axes = _axes(title)
+    groups = _groups(rows)
+    fig, axes = _axes(title, groups)
     labels = list(dict.fromkeys(r["estimator"] for r in rows))
     ticks = sorted({r[x_key] for r in rows})
-    for col, group in enumerate(GROUPS):
+    for col, group in enumerate(groups):
         for i, label in enumerate(labels):
             pts = sorted(
                 (r[x_key], r["total_variance"], r["mean_snr"])
@@ -391,15 +737,16 @@ def _panels(
             ax.set_xscale("symlog", linthresh=1.0) if x_key == "epoch" else ax.set_xscale("log")
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         axes[1, col].set_xlabel(xlabel)
-    axes[0, 1].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7)
     return save_figure(fig, path)
 
 
 def _by_estimator(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Path:
     """The two measures of each estimator side by side, one marker per L."""
-    fig, axes = _axes(title)
+    groups = _groups(rows)
+    fig, axes = _axes(title, groups)
     labels = list(dict.fromkeys(r["estimator"] for r in rows))
-    for col, group in enumerate(GROUPS):
+    for col, group in enumerate(groups):
         for j, num in enumerate(sorted({r["num_particles"] for r in rows})):
             pts = {
                 r["estimator"]: r for r in rows if r["group"] == group and r["num_particles"] == num
@@ -409,7 +756,7 @@ def _by_estimator(rows: Sequence[dict[str, Any]], title: str, path: Path) -> Pat
                 ys = [pts[labels[i]][key] for i in xs]
                 axes[row, col].plot(xs, ys, _STYLES[j][0], label=f"L={num}")
         axes[1, col].set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-    axes[0, 1].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7)
     return save_figure(fig, path)
 
 
@@ -480,6 +827,13 @@ VARIANCE_KEYS = {
     "seed": int,
     "device": str,
     "out_dir": str,
+    "groups": str,
+}
+
+
+_GROUPS_NOTE = {
+    "layer": ", one group per layer (phi:trunk.0 = the encoder's first hidden layer)",
+    "parameter": ", one group per parameter tensor",
 }
 
 
@@ -493,7 +847,8 @@ def run_variance(
     header = (
         f"Variance lab on `{run_dir}`: {rows[0]['repeats']} gradient estimates per estimator on "
         f"one minibatch of M={rows[0]['batch_size']} (seed {lab.get('seed', 0)}); gradients of "
-        "the per-datapoint bound; phi = encoder, theta = decoder and prior; "
+        "the per-datapoint bound; phi = encoder, theta = decoder and prior"
+        f"{_GROUPS_NOTE.get(lab.get('groups', 'module'), '')}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads."
     )
     return table, write_report(rows, out_dir or Path(run_dir) / OUTPUT_DIR, header)

@@ -26,6 +26,7 @@ from pyro_vae.config import (
     run_training,
     validate_config,
 )
+from pyro_vae.config.validate import config_choices
 from pyro_vae.data import Minibatches
 from pyro_vae.errors import ArgumentError, TrainingError
 from pyro_vae.estimators import ESTIMATORS, build_estimator
@@ -40,7 +41,12 @@ def test_the_defaults_and_every_group_choice_are_valid():
     validate_config(compose_config())
     for choice in ["dataset=frey_face", "dataset=binarized_mnist", "optim=adagrad"]:
         validate_config(compose_config([choice]))
-    assert config_groups() == ["dataset", "estimator", "optim", "prior"]
+    for group in ("dataset", "likelihood", "network"):
+        for name in config_choices(group):
+            if (group, name) not in (("dataset", "array"), ("network", "custom")):  # need a path
+                validate_config(compose_config([f"{group}={name}"]))
+    groups = ["dataset", "estimator", "likelihood", "network", "optim", "prior"]
+    assert config_groups() == groups
 
 
 @pytest.mark.parametrize(
@@ -78,7 +84,7 @@ def test_bad_values_are_refused_naming_key_value_and_what_is_allowed(tiny_cfg, o
 @pytest.mark.parametrize(
     ("key", "value", "allowed"),
     [
-        ("dataset.name", "cifar", "['array', 'binarized_mnist', 'frey_face', 'mnist']"),
+        ("dataset.name", "cifar", "(did you mean 'cifar10'?)"),
         ("estimator.name", "iwea", str(sorted(ESTIMATORS))),
         ("optim.name", "sgd", "['adagrad', 'adam']"),
         ("method", "mcem_typo", str(sorted(METHODS))),
@@ -289,7 +295,7 @@ ANY = st.one_of(
     NAMES,
 )
 USER_KEYS = [
-    "latent_dim", "hidden_dims", "activation", "likelihood", "decoder_min_var", "init",
+    "latent_dim", "hidden_dims", "activation", "likelihood", "network", "init",
     "init_std", "epochs", "num_samples", "batch_size", "num_particles", "lr", "weight_decay",
     "eval_batch_size", "eval_num_samples", "checkpoint_every", "checkpoint_every_steps",
     "checkpoint_every_seconds", "skip_nonfinite", "clip_grad_norm", "snapshots", "progress",

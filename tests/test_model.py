@@ -8,6 +8,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
@@ -15,8 +16,8 @@ from torch import nn
 from pyro_vae.config import build_model, compose_config
 from pyro_vae.errors import ArgumentError
 from pyro_vae.methods import AEVB
-from pyro_vae.model import VAE
-from pyro_vae.networks import GaussianDecoder, init_parameters
+from pyro_vae.model import MODEL_SETTINGS, VAE
+from pyro_vae.networks import init_parameters
 from pyro_vae.optim import optimizer_factory
 from pyro_vae.priors import MixtureOfGaussians, StandardNormal, VampPrior
 
@@ -80,26 +81,19 @@ def test_gaussian_log_density_matches_closed_form():
     vae = make_vae("gaussian").double()
     z = torch.randn(6, 3, dtype=torch.float64)
     x = torch.rand(6, 12, dtype=torch.float64)
-    mean, log_var = vae.decoder(z)
+    # The decoder gives the mean's pre-sigmoid and the raw log variance (appendix C.2); the
+    # likelihood applies the sigmoid and the soft floor at min_var = 1e-4.
+    loc_raw, raw = vae.decoder(z)
+    mean = torch.sigmoid(loc_raw)
+    log_var = math.log(1e-4) + F.softplus(raw - math.log(1e-4))
     expected = (-0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 / log_var.exp())).sum(-1)
     torch.testing.assert_close(vae.decode(z).log_prob(x), expected)
+    torch.testing.assert_close(vae.likelihood.mean((loc_raw, raw)), mean)
+    torch.testing.assert_close(vae.decode_mean(z), mean)
     assert ((mean > 0) & (mean < 1)).all()
 
 
-def test_gaussian_decoder_variance_floor():
-    dec = GaussianDecoder(2, 4, [], "tanh", min_var=1e-3)
-    with torch.no_grad():
-        dec.log_var.weight.zero_()
-        dec.log_var.bias.copy_(torch.tensor([-50.0, math.log(1e-3), 0.0, 5.0]))
-    _, log_var = dec(torch.zeros(1, 2))
-    floor = math.log(1e-3)
-    assert (log_var >= floor).all()
-    torch.testing.assert_close(log_var[0, 0], torch.tensor(floor))  # far below: at the floor
-    assert abs(log_var[0, 3].item() - 5.0) < 1e-3  # far above: unchanged
-    # Soft, not hard: the gradient survives at the floor.
-    raw = torch.tensor([floor], requires_grad=True)
-    (floor + torch.nn.functional.softplus(raw - floor)).sum().backward()
-    assert raw.grad.item() == pytest.approx(0.5)
+# The Gaussian's variance floor is tested with the likelihoods (tests/test_likelihoods.py).
 
 
 def test_encoder_log_density_matches_closed_form():
@@ -338,7 +332,7 @@ def test_an_init_function_is_called_on_each_network_and_none_keeps_their_weights
     [
         ("bernoulli", None),
         (
-            "gaussian",
+            {"name": "gaussian", "min_var": 1e-3},
             {"name": "laplace", "_target_": "pyro.distributions.Laplace", "loc": 0.0, "scale": 2.0},
         ),
         (
@@ -356,14 +350,17 @@ def test_mlp_settings_rebuild_the_same_model(likelihood, prior):
         likelihood,
         prior=prior,
         activation="relu",
-        decoder_min_var=1e-3,
         init="paper",
         init_std=0.02,
         num_data=40,
     )
     again = VAE.from_settings(vae.settings, 10, num_data=40)
     assert again.settings == vae.settings
-    assert again.num_data == 40 and again.likelihood.name == likelihood
+    name = likelihood if isinstance(likelihood, str) else likelihood["name"]
+    assert again.num_data == 40 and again.likelihood.name == name
+    assert again.likelihood.spec() == vae.likelihood.spec() == vae.settings["likelihood"]
+    if name == "gaussian":
+        assert again.likelihood.spec()["min_var"] == 1e-3
     assert type(again.prior) is type(vae.prior)
     shapes = {k: v.shape for k, v in vae.state_dict().items()}
     assert {k: v.shape for k, v in again.state_dict().items()} == shapes
@@ -372,12 +369,37 @@ def test_mlp_settings_rebuild_the_same_model(likelihood, prior):
     assert yaml.safe_load(yaml.safe_dump(vae.settings)) == vae.settings
 
 
+def test_settings_of_earlier_versions_rebuild_the_model():
+    """Run directories written before likelihoods were a config group record the likelihood
+    by name, the Gaussian's variance floor as ``decoder_min_var`` and no ``network``."""
+    old = {
+        "latent_dim": 3,
+        "hidden_dims": [7],
+        "likelihood": "gaussian",
+        "activation": "tanh",
+        "decoder_min_var": 1e-3,
+        "init": "torch",
+        "init_std": 0.01,
+        "prior": {"name": "standard_normal", "_target_": "pyro_vae.priors.StandardNormal"},
+    }
+    vae = VAE.from_settings(old, 10)
+    assert vae.likelihood.name == "gaussian" and vae.likelihood.spec()["min_var"] == 1e-3
+    assert "decoder_min_var" not in vae.settings and vae.settings["network"] == {"name": "mlp"}
+    assert set(vae.settings) == set(MODEL_SETTINGS)
+    assert [k for k in vae.decoder.state_dict() if not k.startswith("trunk")] == [
+        "loc.weight",
+        "loc.bias",
+        "log_var.weight",
+        "log_var.bias",
+    ]
+
+
 @pytest.mark.parametrize(
     "kwargs, key, message",
     [
         ({"encoder": "x"}, "encoder", "encoder='x' is not allowed"),
         ({"decoder": "x"}, "decoder", "decoder='x' is not allowed"),
-        ({"likelihood": "poisson"}, "likelihood", "likelihood='poisson' is not allowed"),
+        ({"likelihood": "binomial"}, "likelihood", "likelihood='binomial' is not allowed"),
         ({"prior": "normal"}, "prior", "prior='normal' is not allowed"),
         ({"latent_dim": None}, None, r"prior.*latent_dim"),  # neither a prior nor latent_dim
     ],

@@ -130,11 +130,18 @@ def build_data(cfg: Mapping[str, Any] | DictConfig) -> RunData:
     return data
 
 
-def build_model(cfg: Mapping[str, Any] | DictConfig, x_dim: int, num_data: int | None) -> VAE:
-    """The configuration's VAE for data of ``x_dim`` values and ``num_data`` training points
+def build_model(
+    cfg: Mapping[str, Any] | DictConfig,
+    x_dim: int,
+    num_data: int | None,
+    image_shape: Sequence[int] | None = None,
+) -> VAE:
+    """The configuration's VAE for data of ``x_dim`` values (images of ``image_shape``, which
+    ``network=conv`` needs) and ``num_data`` training points
     (:meth:`pyro_vae.VAE.from_settings`); the caller seeds the random state first."""
     cfg = as_plain(cfg)
-    return VAE.from_settings({**cfg, "prior": prior_spec(cfg["prior"])}, x_dim, num_data)
+    settings = {**cfg, "prior": prior_spec(cfg["prior"])}
+    return VAE.from_settings(settings, x_dim, num_data, image_shape=image_shape)
 
 
 def build_training_method(cfg: Mapping[str, Any] | DictConfig, vae: VAE) -> TrainingMethod:
@@ -156,7 +163,8 @@ def instantiate(cfg: Mapping[str, Any] | DictConfig) -> Experiment:
     pyro.enable_validation(cfg["validate"])
     data = build_data(cfg)
     pyro.set_rng_seed(cfg["seed"])
-    vae = build_model(cfg, data.x_dim, data.num_train).to(data.train.device)
+    vae = build_model(cfg, data.x_dim, data.num_train, data.dataset.image_shape)
+    vae = vae.to(data.train.device)
     method = build_training_method(cfg, vae)
     return Experiment(cfg=cfg, data=data, vae=vae, method=method)
 

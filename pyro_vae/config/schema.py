@@ -8,8 +8,9 @@ carries what it allows (:class:`Allowed`); :func:`pyro_vae.config.validate_confi
 the values against it (ranges, choices, types of configurations read back from YAML) and
 Hydra's type errors are reported in the same words.
 
-The config groups (``dataset``, ``prior``, ``estimator``, ``optim``) are typed ``Any``:
-their keys depend on the choice (a prior's are the parameters of its ``_target_``); each
+The config groups (``dataset``, ``likelihood``, ``network``, ``prior``, ``estimator``,
+``optim``) are typed ``Any``: their keys depend on the choice (a prior's or a likelihood's
+are the parameters of its ``_target_``); each
 group's YAML files in ``conf/<group>`` declare them, and validation checks a configuration
 against the defaults of the chosen files.
 """
@@ -25,7 +26,6 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from ..likelihoods import LIKELIHOODS
 from ..methods import METHODS
 from ..networks import ACTIVATIONS, INITS
 from ..runs import DEVICES
@@ -128,10 +128,8 @@ class Config:
 
     # Model (appendix C of the paper)
     latent_dim: int = key(20, integer(1))
-    hidden_dims: List[int] = key([500], HIDDEN_DIMS)  # encoder and decoder widths
-    activation: str = key("tanh", one_of(sorted(ACTIVATIONS)))
-    likelihood: str = key("bernoulli", one_of(list(LIKELIHOODS)))
-    decoder_min_var: float = key(1.0e-4, positive())  # soft floor on the Gaussian's variance
+    hidden_dims: List[int] = key([500], HIDDEN_DIMS)  # the MLP's encoder and decoder widths
+    activation: str = key("tanh", one_of(sorted(ACTIVATIONS)))  # the MLP's
     init: str = key("torch", one_of(INITS))  # torch's default | paper: N(0, init_std^2)
     init_std: float = key(0.01, positive())
 
@@ -163,12 +161,14 @@ class Config:
 
     # Config groups, chosen in conf/config.yaml's defaults list
     dataset: Any = MISSING
+    likelihood: Any = MISSING
+    network: Any = MISSING
     prior: Any = MISSING
     estimator: Any = MISSING
     optim: Any = MISSING
 
 
-GROUPS = ("dataset", "prior", "estimator", "optim")
+GROUPS = ("dataset", "likelihood", "network", "prior", "estimator", "optim")
 
 #: Allowed values of the dataset group's keys (its YAML files declare which keys it has).
 DATASET_KEYS: dict[str, Allowed] = {
@@ -181,6 +181,11 @@ DATASET_KEYS: dict[str, Allowed] = {
     "test_fraction": Allowed(
         "a number strictly between 0 and 1", lambda v: is_number(v) and 0 < v < 1
     ),
+    "dim": integer(1),
+    "latent_dim_true": integer(1),
+    "num_points": integer(1),
+    "test_points": integer(1),
+    "seed": SEED,
     "image_shape": Allowed(
         "null or [height, width] (positive integers)",
         lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(s) and s >= 1 for s in v),

@@ -25,7 +25,9 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 from ..errors import ArgumentError, ConfigError
 from ..estimators import build_estimator
 from ..fast import FAST_ESTIMATORS
+from ..likelihoods import build_likelihood
 from ..methods.base import prior_depends_on
+from ..model import check_network
 from ..networks import GaussianEncoder
 from ..priors import build_prior
 from . import schema
@@ -134,19 +136,20 @@ def _check_name(key: str, value: Any, allowed: Sequence[str]) -> None:
         raise ConfigError.refuse(key, value, check.describe(value))
 
 
-# The prior block is checked by building the prior instead: its ``name`` is a free label
-# and its keys are the parameters of its ``_target_``, which a user may point at any
-# distribution family or at a class of their own.
-_SELF_VALIDATING_GROUPS = ("prior",)
+# The prior, likelihood and network blocks are checked by building them instead: their
+# ``name`` is a free label and their keys are the parameters of a ``_target_``, which a
+# user may point at any distribution family or at a class of their own.
+_SELF_VALIDATING_GROUPS = ("prior", "likelihood", "network")
 
 
 def _check_keys(cfg: dict[str, Any]) -> None:
     """Every key is one the defaults of the chosen groups have, and none is absent."""
     groups = [g for g in config_groups() if g not in _SELF_VALIDATING_GROUPS]
-    if not isinstance(cfg.get("prior"), dict):
-        raise ConfigError.refuse(
-            "prior", cfg.get("prior"), f"a config group choice: one of {config_choices('prior')}"
-        )
+    for group in _SELF_VALIDATING_GROUPS:
+        if not isinstance(cfg.get(group), dict):
+            raise ConfigError.refuse(
+                group, cfg.get(group), f"a config group choice: one of {config_choices(group)}"
+            )
     for group in groups:
         node = cfg.get(group)
         if not isinstance(node, dict):
@@ -220,6 +223,8 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     _check_group(plain["dataset"], "dataset", schema.DATASET_KEYS)
     _check_group(plain["optim"], "optim", schema.OPTIM_KEYS)
     prior, encoder = build_prior_for_validation(plain["prior"], plain["latent_dim"])
+    _within("likelihood", build_likelihood, plain["likelihood"])
+    _within("network", check_network, plain["network"])
     estimator = _within("estimator", build_estimator, plain["estimator"], plain["num_particles"])
     if hasattr(estimator, "check_prior"):
         try:
@@ -282,8 +287,8 @@ def _within(group: str, build: Any, *args: Any, **kwargs: Any) -> Any:
         return build(*args, **kwargs)
     except ArgumentError as e:
         error = e.within(group)
-        if group == "prior" and e.key == "_target_":
-            error = ConfigError(f"{error}; the shipped priors are prior={config_choices('prior')}")
+        if e.key in ("_target_", "name"):
+            error = ConfigError(f"{error}; shipped: {group}={config_choices(group)}")
         raise error from None
 
 

@@ -1,7 +1,11 @@
 """Data for the AEVB paper's experiments: datasets, their files, and minibatches over them.
 
 - :mod:`.datasets`: :func:`load_dataset` and the :class:`Dataset` it returns (MNIST, Frey Face,
-  binarized MNIST, the user's own array), the file parsers, :func:`check_data_for_likelihood`.
+  binarized MNIST, Fashion-MNIST, KMNIST, Omniglot, CIFAR-10, a linear Gaussian, the user's own
+  array), the idx and array parsers, :func:`check_data_for_likelihood`.
+- :mod:`.images`: the parsers of Omniglot's ``chardata.mat`` and CIFAR-10's batches.
+- :mod:`.synthetic`: :class:`LinearGaussian`, the model of the ``linear_gaussian`` data, whose
+  exact log-likelihood it computes.
 - :mod:`.download`: the files' known checksums and mirrors; verifying present files and
   downloading missing ones.
 - :mod:`.batches`: :class:`Minibatches` and the seeded Bernoulli draws that binarise grey levels.
@@ -19,6 +23,7 @@ from .batches import Minibatches, bernoulli_draw, binarize
 from .datasets import (
     DATA_DIR_ENV,
     DATASET_NAMES,
+    LINEAR_GAUSSIAN_DEFAULTS,
     Dataset,
     check_data_for_likelihood,
     load_dataset,
@@ -26,24 +31,31 @@ from .datasets import (
     resolve_data_dir,
 )
 from .download import MIRROR_ENV
+from .images import read_cifar_batch, read_omniglot
 from .prepared import RunData, prepare_data, tensor_dataset
+from .synthetic import LinearGaussian, linear_gaussian_data
 
 __all__ = [
     "DATASET_NAMES",
     "DATA_DIR_ENV",
+    "LINEAR_GAUSSIAN_DEFAULTS",
     "MIRROR_ENV",
     "ChecksumError",
     "DataError",
     "DataNotFoundError",
     "Dataset",
+    "LinearGaussian",
     "Minibatches",
     "RunData",
     "bernoulli_draw",
     "binarize",
     "check_data_for_likelihood",
+    "linear_gaussian_data",
     "load_dataset",
     "prepare_data",
+    "read_cifar_batch",
     "read_idx",
+    "read_omniglot",
     "resolve_data_dir",
     "tensor_dataset",
 ]

@@ -1,7 +1,8 @@
-"""The datasets of the AEVB paper (Kingma & Welling 2013, section 5) and the user's own arrays.
+"""The datasets of the AEVB paper (Kingma & Welling 2013, section 5), more image datasets, a
+synthetic one with a known likelihood, and the user's own arrays.
 
-``load_dataset`` returns a :class:`Dataset`: float32 ``[N, D]`` train and test tensors with values
-in ``[0, 1]``. Built-in datasets, each looked for under a data directory
+``load_dataset`` returns a :class:`Dataset`: float32 ``[N, D]`` train and test tensors, values in
+``[0, 1]`` for the images. Built-in image datasets, each looked for under a data directory
 (see :func:`resolve_data_dir`) and verified against known checksums before use
 (:mod:`.download`, which also fetches missing files when ``download=True``):
 
@@ -10,6 +11,16 @@ in ``[0, 1]``. Built-in datasets, each looked for under a data directory
 - ``"frey_face"``: ``FreyFace/frey_rawface.mat`` (Roweis' file, variable ``ff``).
 - ``"binarized_mnist"``: ``BinarizedMNIST/binarized_mnist.npz``, Larochelle & Murray's fixed
   binarisation, bit-packed; built from their three ``.amat`` text files when absent.
+- ``"fashion_mnist"``, ``"kmnist"``: MNIST's format and torchvision's layout under
+  ``FashionMNIST/raw/`` and ``KMNIST/raw/`` (the gzip files only).
+- ``"omniglot"``: ``Omniglot/chardata.mat``, Burda et al.'s 28x28 version (:mod:`.images`).
+- ``"cifar10"``: ``cifar-10-batches-py/``, the python version's batches, extracted from
+  ``cifar-10-python.tar.gz`` when absent (:mod:`.images`).
+
+Files of none:
+
+- ``"linear_gaussian"``: synthetic real-valued data of a linear Gaussian model whose exact
+  log-likelihood comes with them (:mod:`.synthetic`).
 - ``"array"``: the user's own ``.npy`` / ``.npz`` / ``.pt`` file.
 
 Errors (from :mod:`pyro_vae.errors`): :class:`ArgumentError` for a refused argument,
@@ -27,8 +38,9 @@ import pickle
 import struct
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +50,38 @@ import torch
 from ..atomic import atomic_write
 from ..errors import ArgumentError, ChecksumError, DataError, DataNotFoundError, refuse
 from .download import MIRROR_ENV, MIRRORS, mirror_list, obtain, verify_bytes, verify_file
+from .images import (
+    CIFAR10_FOLDER,
+    CIFAR10_SHAPE,
+    CIFAR10_TEST_BATCH,
+    CIFAR10_TRAIN_BATCHES,
+    extract_cifar_batches,
+    read_cifar_batch,
+    read_omniglot,
+)
+from .synthetic import linear_gaussian_data
 
 DATA_DIR_ENV = "PYRO_VAE_DATA_DIR"
-DATASET_NAMES = ("mnist", "frey_face", "binarized_mnist", "array")
+DATASET_NAMES = (
+    "mnist",
+    "frey_face",
+    "binarized_mnist",
+    "fashion_mnist",
+    "kmnist",
+    "omniglot",
+    "cifar10",
+    "linear_gaussian",
+    "array",
+)
 FREY_FACE_TEST_SIZE = 200
+#: linear_gaussian's arguments of :func:`load_dataset` and their defaults
+LINEAR_GAUSSIAN_DEFAULTS = {
+    "dim": 20,
+    "latent_dim_true": 5,
+    "num_points": 10000,
+    "test_points": 2000,
+    "seed": 0,
+}
 
 _IDX_IMAGES, _IDX_LABELS = 2051, 2049
 _MNIST_PIXELS = 784
@@ -58,18 +98,25 @@ class Dataset:
     """An in-memory dataset: rows are data points, flattened images in row-major order."""
 
     name: str
-    train: torch.Tensor  # float32 [N, D] in [0, 1]
+    train: torch.Tensor  # float32 [N, D]; in [0, 1] for images, real for linear_gaussian, arrays
     test: torch.Tensor  # float32 [N_test, D]
-    image_shape: tuple[int, int] | None  # (height, width) for plots; None when unknown
+    # for plots: (height, width) of grey images, (channels, height, width) of colour images
+    # (CIFAR-10: each row is the C, H, W array flattened in row-major order); None when unknown
+    image_shape: tuple[int, int] | tuple[int, int, int] | None
     binary: bool  # the stored values are exactly 0/1, so dynamic binarisation changes nothing
     source: str  # the files it was read from
     valid: torch.Tensor | None = None  # binarized_mnist's 10000-point validation split
-    train_labels: torch.Tensor | None = None  # int64 digit classes (MNIST), for plots only
+    # int64 classes (MNIST's digits, Fashion-MNIST's, KMNIST's, CIFAR-10's), for plots only
+    train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     #: How it was loaded: the arguments of :func:`load_dataset` that read it again (what a
     #: run directory records, so ``pyro-vae evaluate`` finds the data of a run started in
     #: Python). Empty for data that are no files (tensors given in Python).
     settings: dict = field(default_factory=dict)
+    #: The exact log-likelihood, where the data come from a known density (linear_gaussian):
+    #: a callable taking float ``[N, D]`` data (any device) to float64 ``log p(x)`` ``[N]``,
+    #: computed in float64. None for other datasets.
+    exact_log_likelihood: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -97,10 +144,15 @@ def load_dataset(
     test_fraction: float = 0.1,
     image_shape: Sequence[int] | None = None,
     mirrors: Sequence[str] | None = None,
+    dim: int | None = None,
+    latent_dim_true: int | None = None,
+    num_points: int | None = None,
+    test_points: int | None = None,
+    seed: int | None = None,
 ) -> Dataset:
     """Load one of :data:`DATASET_NAMES`.
 
-    Built-in datasets (``data_dir``, ``download``, ``mirrors`` apply):
+    Built-in image datasets (``data_dir``, ``download``, ``mirrors`` apply):
 
     - ``"mnist"``: 60000 train / 10000 test images, 28x28, grey levels / 255. Labels are loaded
       into ``train_labels`` / ``test_labels`` when their files are present.
@@ -110,6 +162,23 @@ def load_dataset(
       numpy versions, so the split is too.
     - ``"binarized_mnist"``: Larochelle & Murray's fixed binarisation, 50000 train / 10000 test,
       values exactly 0/1 (``binary=True``); the 10000 validation points are in ``valid``.
+    - ``"fashion_mnist"`` (Zalando's Fashion-MNIST), ``"kmnist"`` (Kuzushiji-MNIST): as
+      ``"mnist"``, 60000 / 10000 images of 28x28, grey levels / 255, labels when present.
+    - ``"omniglot"``: Burda et al.'s (2015) 28x28 Omniglot, 24345 train / 8070 test images in
+      the file's order (IWAE's own validation split is not made), grey levels in [0, 1] as
+      stored, read in the IWAE code's pixel order so that the images are upright. No labels.
+    - ``"cifar10"``: 50000 train (batches 1 to 5, in order) / 10000 test colour images of 32x32,
+      each row the (channel, height, width) array flattened in row-major order, values / 255;
+      ``image_shape=(3, 32, 32)``; labels loaded.
+
+    ``"linear_gaussian"`` draws real-valued data of a linear Gaussian (factor-analysis) model
+    ``x = W z + b + sigma * eps``, ``z ~ N(0, I_K)``, ``eps ~ N(0, I_D)``, whose parameters are
+    drawn too, from one ``torch.Generator`` seeded with ``seed``
+    (:func:`~pyro_vae.data.synthetic.linear_gaussian_data`), so that
+    ``p(x) = N(b, W W^T + sigma^2 I)`` exactly: ``exact_log_likelihood`` gives it. Arguments
+    (defaults in :data:`LINEAR_GAUSSIAN_DEFAULTS`): ``dim`` (D, 20), ``latent_dim_true``
+    (K, 5), ``num_points`` (training points, 10000), ``test_points`` (2000), ``seed`` (0).
+    The same arguments give the same data in every run. No files: ``data_dir`` is unused.
 
     ``"array"`` reads ``path`` (``.npy``; ``.npz`` holding one array or the key ``"x"`` or
     ``"train"``; ``.pt`` holding a tensor or a dict with one of those keys). ``[N, D]`` is used
@@ -126,43 +195,56 @@ def load_dataset(
     1000 to show overfitting).
 
     Raises :class:`ArgumentError` for an unknown ``name``, ``path`` missing for ``"array"`` or
-    given for a built-in dataset, ``train_size``, ``test_fraction`` or ``image_shape`` out of
-    range; :class:`DataNotFoundError` (also a ``FileNotFoundError``) for absent files that
-    could not be downloaded; :class:`ChecksumError` for a present file that is not the known
-    one; :class:`DataError` for any other file that cannot be used (unreadable, wrong shape,
-    empty, NaN or Inf).
-    """
+    given for another dataset (likewise ``test_path`` and ``image_shape``; ``dim``,
+    ``latent_dim_true``, ``num_points``, ``test_points`` and ``seed`` given for another dataset
+    than ``"linear_gaussian"``), ``train_size``, ``test_fraction``, ``image_shape`` or a
+    ``linear_gaussian`` argument out of range; :class:`DataNotFoundError` (also a
+    ``FileNotFoundError``) for absent files that could not be downloaded; :class:`ChecksumError`
+    for a present file that is not the known one; :class:`DataError` for any other file that
+    cannot be used (unreadable, wrong shape, empty, NaN or Inf)."""
     if name not in DATASET_NAMES:
         raise refuse("name", name, f"a dataset name, one of {', '.join(DATASET_NAMES)}")
+    # arguments that only one dataset reads, refused for the others rather than ignored
+    own_arguments = {
+        "array": {"path": path, "test_path": test_path, "image_shape": image_shape},
+        "linear_gaussian": {
+            "dim": dim,
+            "latent_dim_true": latent_dim_true,
+            "num_points": num_points,
+            "test_points": test_points,
+            "seed": seed,
+        },
+    }
+    for owner, given in own_arguments.items():
+        misplaced = [key for key, value in given.items() if value is not None]
+        if owner != name and misplaced:
+            several = len(misplaced) > 1
+            raise ArgumentError(
+                f"{', '.join(misplaced)} only {'apply' if several else 'applies'} to "
+                f"name={owner!r}, not {name!r}; leave {'them' if several else 'it'} unset"
+            )
+
+    settings: dict = {"name": name, "data_dir": None if data_dir is None else str(data_dir)}
     if name == "array":
         if path is None:
             raise refuse("path", None, "a .npy, .npz or .pt file, which name='array' reads")
         dataset = _load_array(path, test_path, test_fraction, image_shape)
-    else:
-        given = {"path": path, "test_path": test_path, "image_shape": image_shape}
-        misplaced = [key for key, value in given.items() if value is not None]
-        if misplaced:
-            several = len(misplaced) > 1
-            raise ArgumentError(
-                f"{', '.join(misplaced)} only {'apply' if several else 'applies'} to "
-                f"name='array', not {name!r}; leave {'them' if several else 'it'} unset"
-            )
-        urls = mirror_list(MIRRORS[name] if mirrors is None else mirrors)
-        loader = {
-            "mnist": _load_mnist,
-            "frey_face": _load_frey_face,
-            "binarized_mnist": _load_binarized_mnist,
-        }[name]
-        dataset = loader(resolve_data_dir(data_dir), urls, download)
-
-    settings = {"name": name, "data_dir": None if data_dir is None else str(data_dir)}
-    if name == "array":
         settings.update(
             path=str(path),
             test_path=None if test_path is None else str(test_path),
             test_fraction=test_fraction,
             image_shape=None if image_shape is None else list(image_shape),
         )
+    elif name == "linear_gaussian":
+        arguments = {
+            key: LINEAR_GAUSSIAN_DEFAULTS[key] if value is None else value
+            for key, value in own_arguments[name].items()
+        }
+        dataset = _load_linear_gaussian(**arguments)
+        settings.update(arguments)
+    else:
+        urls = mirror_list(MIRRORS[name] if mirrors is None else mirrors)
+        dataset = _FILE_LOADERS[name](resolve_data_dir(data_dir), urls, download)
     settings["train_size"] = train_size
     dataset = replace(dataset, settings=settings)
     if train_size is None:
@@ -236,8 +318,34 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
 # --- built-in datasets ---------------------------------------------------------------------
 
 
-def _load_mnist(data_dir: Path, urls: list[str], download: bool) -> Dataset:
-    raw = data_dir / "MNIST" / "raw"
+@dataclass(frozen=True)
+class _IdxDataset:
+    """A dataset in MNIST's idx format and torchvision's layout."""
+
+    name: str  # load_dataset's name
+    folder: str  # under the data directory: torchvision's class name
+    title: str  # the dataset's name in messages
+    # CHECKSUMS' keys are checksum_prefix + file name: MNIST's are the bare names, the others'
+    # the paths under the data directory (their file names are MNIST's)
+    checksum_prefix: str
+    # whether uncompressed copies are accepted (only where their checksums are known)
+    uncompressed: bool
+
+
+_IDX_DATASETS = {
+    "mnist": _IdxDataset("mnist", "MNIST", "MNIST", "", uncompressed=True),
+    "fashion_mnist": _IdxDataset(
+        "fashion_mnist", "FashionMNIST", "Fashion-MNIST", "FashionMNIST/raw/", uncompressed=False
+    ),
+    "kmnist": _IdxDataset("kmnist", "KMNIST", "KMNIST", "KMNIST/raw/", uncompressed=False),
+}
+
+
+def _load_idx_dataset(
+    spec: _IdxDataset, data_dir: Path, urls: list[str], download: bool
+) -> Dataset:
+    """MNIST, Fashion-MNIST or KMNIST (``spec``): 28x28 images and their labels, if present."""
+    raw = data_dir / spec.folder / "raw"
     stems = {
         "train": "train-images-idx3-ubyte",
         "test": "t10k-images-idx3-ubyte",
@@ -246,14 +354,20 @@ def _load_mnist(data_dir: Path, urls: list[str], download: bool) -> Dataset:
     }
 
     def present(stem: str) -> Path | None:
-        return next((p for p in (raw / f"{stem}.gz", raw / stem) if p.is_file()), None)
+        candidates = (
+            (raw / f"{stem}.gz", raw / stem) if spec.uncompressed else (raw / f"{stem}.gz",)
+        )
+        return next((p for p in candidates if p.is_file()), None)
 
     if present(stems["train"]) is None or present(stems["test"]) is None:
         # a fresh download fetches the labels too, but missing labels alone trigger nothing:
         # they are only used for plots
         missing = [f"{stem}.gz" for stem in stems.values() if present(stem) is None]
-        note = "Uncompressed copies (same names without .gz) work too; labels are optional."
-        obtain(raw, missing, urls, download, "MNIST", note, _ADVICE)
+        if spec.uncompressed:
+            note = "Uncompressed copies (same names without .gz) work too; labels are optional."
+        else:
+            note = "Labels are optional."
+        obtain(raw, missing, urls, download, spec.title, note, _ADVICE, spec.checksum_prefix)
 
     arrays: dict[str, torch.Tensor | None] = {}
     sources = []
@@ -262,7 +376,7 @@ def _load_mnist(data_dir: Path, urls: list[str], download: bool) -> Dataset:
         if file is None:
             arrays[key] = None
             continue
-        verify_file(file)
+        verify_file(file, spec.checksum_prefix + file.name)
         sources.append(str(file))
         if key.endswith("labels"):
             arrays[key] = torch.from_numpy(read_idx(file, _IDX_LABELS).astype(np.int64))
@@ -274,9 +388,11 @@ def _load_mnist(data_dir: Path, urls: list[str], download: bool) -> Dataset:
     for split in ("train", "test"):
         labels = arrays[f"{split}_labels"]
         if labels is not None and len(labels) != len(arrays[split]):
-            raise DataError(f"MNIST {split}: {len(labels)} labels for {len(arrays[split])} images")
+            raise DataError(
+                f"{spec.title} {split}: {len(labels)} labels for {len(arrays[split])} images"
+            )
     return Dataset(
-        name="mnist",
+        name=spec.name,
         train=arrays["train"],
         test=arrays["test"],
         image_shape=(28, 28),
@@ -363,6 +479,96 @@ def _load_binarized_mnist(data_dir: Path, urls: list[str], download: bool) -> Da
     )
 
 
+def _load_omniglot(data_dir: Path, urls: list[str], download: bool) -> Dataset:
+    directory = data_dir / "Omniglot"
+    file = directory / "chardata.mat"
+    if not file.is_file():
+        obtain(directory, [file.name], urls, download, "Omniglot", advice=_ADVICE)
+    verify_file(file)
+    splits = read_omniglot(file)
+    train, test = (torch.from_numpy(splits[split]) for split in ("train", "test"))
+    return Dataset(
+        name="omniglot",
+        train=train,
+        test=test,
+        image_shape=(28, 28),
+        binary=_is_binary(train, test),
+        source=str(file),
+    )
+
+
+def _load_cifar10(data_dir: Path, urls: list[str], download: bool) -> Dataset:
+    directory = data_dir / CIFAR10_FOLDER
+    names = [*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH]
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        archive = data_dir / "cifar-10-python.tar.gz"
+        downloaded: list[Path] = []
+        if not archive.is_file():
+            note = (
+                f"Alternatively its extracted batches, {directory}/data_batch_1 to "
+                f"data_batch_5 and {CIFAR10_TEST_BATCH}."
+            )
+            downloaded = obtain(data_dir, [archive.name], urls, download, "CIFAR-10", note, _ADVICE)
+        verify_file(archive)
+        # batches already there are verified and used, never extracted over
+        extract_cifar_batches(archive, directory, missing)
+        # the batches hold the same data, so an archive downloaded here is deleted once
+        # extracted (torchvision keeps it); the user's own stays
+        for file in downloaded:
+            file.unlink()
+
+    images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    labels: dict[str, list[np.ndarray]] = {"train": [], "test": []}
+    for name in names:
+        file = directory / name
+        verify_file(file, f"{CIFAR10_FOLDER}/{name}")
+        split = "test" if name == CIFAR10_TEST_BATCH else "train"
+        batch_images, batch_labels = read_cifar_batch(file)
+        images[split].append(batch_images)
+        labels[split].append(batch_labels)
+    return Dataset(
+        name="cifar10",
+        train=_grey_levels(np.concatenate(images["train"])),
+        test=_grey_levels(np.concatenate(images["test"])),
+        image_shape=CIFAR10_SHAPE,
+        binary=False,
+        source=str(directory),
+        train_labels=torch.from_numpy(np.concatenate(labels["train"])),
+        test_labels=torch.from_numpy(np.concatenate(labels["test"])),
+    )
+
+
+_FILE_LOADERS: dict[str, Callable[[Path, list[str], bool], Dataset]] = {
+    **{name: partial(_load_idx_dataset, spec) for name, spec in _IDX_DATASETS.items()},
+    "frey_face": _load_frey_face,
+    "binarized_mnist": _load_binarized_mnist,
+    "omniglot": _load_omniglot,
+    "cifar10": _load_cifar10,
+}
+
+
+# --- synthetic data ------------------------------------------------------------------------
+
+
+def _load_linear_gaussian(
+    dim: int, latent_dim_true: int, num_points: int, test_points: int, seed: int
+) -> Dataset:
+    train, test, model = linear_gaussian_data(dim, latent_dim_true, num_points, test_points, seed)
+    return Dataset(
+        name="linear_gaussian",
+        train=train,
+        test=test,
+        image_shape=None,
+        binary=False,
+        source=(
+            f"synthetic: linear_gaussian(dim={dim}, latent_dim_true={latent_dim_true}, "
+            f"num_points={num_points}, test_points={test_points}, seed={seed})"
+        ),
+        exact_log_likelihood=model,
+    )
+
+
 def _read_amat(path: Path) -> np.ndarray:
     """Parse a Larochelle ``.amat`` file: one row per line of 784 space-separated 0/1."""
     text = np.frombuffer(path.read_bytes(), dtype=np.uint8)
@@ -423,9 +629,13 @@ def _load_array(
     else:
         side = math.isqrt(d)
         shape = (side, side) if side * side == d else None
-    binary = bool(torch.all((train == 0) | (train == 1)) and torch.all((test == 0) | (test == 1)))
     return Dataset(
-        name="array", train=train, test=test, image_shape=shape, binary=binary, source=source
+        name="array",
+        train=train,
+        test=test,
+        image_shape=shape,
+        binary=_is_binary(train, test),
+        source=source,
     )
 
 
@@ -524,6 +734,11 @@ def _grey_levels(images: np.ndarray) -> torch.Tensor:
     """8-bit images ``[N, ...]`` as float32 ``[N, D]`` in [0, 1]."""
     # torch.tensor copies, so read-only numpy buffers (np.frombuffer) are fine
     return torch.tensor(images.reshape(len(images), -1)).to(torch.float32).div_(255)
+
+
+def _is_binary(train: torch.Tensor, test: torch.Tensor) -> bool:
+    """Whether every value is exactly 0 or 1."""
+    return bool(torch.all((train == 0) | (train == 1)) and torch.all((test == 0) | (test == 1)))
 
 
 def _split(n: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:

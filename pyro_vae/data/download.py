@@ -38,10 +38,24 @@ MIRRORS: dict[str, tuple[str, ...]] = {
     ),
     "frey_face": ("https://cs.nyu.edu/~roweis/data/",),
     "binarized_mnist": ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",),
+    # torchvision's URL first, then the same files in Zalando's repository
+    "fashion_mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+    "kmnist": ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+    # the IWAE repository of Burda et al. (2015), through both of GitHub's addresses for its files
+    "omniglot": (
+        "https://github.com/yburda/iwae/raw/master/datasets/OMNIGLOT/",
+        "https://raw.githubusercontent.com/yburda/iwae/master/datasets/OMNIGLOT/",
+    ),
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/",),
 }
 
-# "algorithm:hexdigest" per file name (names are unique across datasets). A module-level table so
-# that tests can substitute the digests of small fake files instead of skipping verification.
+# "algorithm:hexdigest" per file: keyed by the file name where it is unique across datasets, else
+# by its path under the data directory (Fashion-MNIST and KMNIST reuse MNIST's file names; MNIST
+# keeps the bare names). A module-level table so that tests can substitute the digests of small
+# fake files instead of skipping verification.
 CHECKSUMS: dict[str, str] = {
     "train-images-idx3-ubyte.gz": "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "md5:d53e105ee54ea40749a09fcbcd1e9432",
@@ -72,6 +86,28 @@ CHECKSUMS: dict[str, str] = {
     "binarized_mnist.npz:test": (
         "sha256:ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86"
     ),
+    # Fashion-MNIST and KMNIST: the MD5s torchvision lists (torchvision/datasets/mnist.py); only
+    # the gzip files, whose digests are published
+    "FashionMNIST/raw/train-images-idx3-ubyte.gz": "md5:8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "FashionMNIST/raw/train-labels-idx1-ubyte.gz": "md5:25c81989df183df01b3e8a0aad5dffbe",
+    "FashionMNIST/raw/t10k-images-idx3-ubyte.gz": "md5:bef4ecab320f06d8554ea6380940ec79",
+    "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz": "md5:bb300cfdad3c16e7a12a480ee83cd310",
+    "KMNIST/raw/train-images-idx3-ubyte.gz": "md5:bdb82020997e1d708af4cf47b453dcf7",
+    "KMNIST/raw/train-labels-idx1-ubyte.gz": "md5:e144d726b3acfaa3e44228e80efcd344",
+    "KMNIST/raw/t10k-images-idx3-ubyte.gz": "md5:5c965bf0a639b31b8f53240b1b52f4d7",
+    "KMNIST/raw/t10k-labels-idx1-ubyte.gz": "md5:7320c461ea6c1c855c0b718fb2a4b134",
+    # Burda et al.'s 28x28 Omniglot. No MD5 from its authors; this one is the digest a public
+    # loader (built on tfsnippet) checks its downloads of this very URL against.
+    "chardata.mat": "md5:21ecaf34373511aa7691cf2e0802aa3d",
+    # CIFAR-10, python version: the archive's and each batch's MD5, as torchvision lists them
+    # (torchvision/datasets/cifar.py)
+    "cifar-10-python.tar.gz": "md5:c58f30108f718f92721af3b95e74349a",
+    "cifar-10-batches-py/data_batch_1": "md5:c99cafc152244af753f735de768cd75f",
+    "cifar-10-batches-py/data_batch_2": "md5:d4bba439e000b95fd0a9bffe97cbabec",
+    "cifar-10-batches-py/data_batch_3": "md5:54ebc095f3ab1f0389bbae665268c751",
+    "cifar-10-batches-py/data_batch_4": "md5:634d18415352ddfa80567beed471001a",
+    "cifar-10-batches-py/data_batch_5": "md5:482c414d41f54cd18b22e5b47cb7c3cb",
+    "cifar-10-batches-py/test_batch": "md5:40351d587109b95175f43aff81a1287e",
 }
 
 DOWNLOAD_TIMEOUT_S = 60.0
@@ -100,10 +136,10 @@ def _file_digest(path: Path, algorithm: str) -> str:
     return _digest_cache[key]
 
 
-def verify_file(path: Path) -> None:
+def verify_file(path: Path, key: str | None = None) -> None:
     """Raise :class:`ChecksumError` unless ``path`` matches its entry in :data:`CHECKSUMS`
-    (looked up by file name), :class:`DataError` if it cannot be read."""
-    algorithm, expected = CHECKSUMS[path.name].split(":")
+    (``key``, by default the file name), :class:`DataError` if it cannot be read."""
+    algorithm, expected = CHECKSUMS[path.name if key is None else key].split(":")
     try:
         actual = _file_digest(path, algorithm)
     except OSError as error:  # permissions, a directory of that name, an I/O error
@@ -145,9 +181,10 @@ def obtain(
     what: str,
     note: str = "",
     advice: str = "",
+    checksum_prefix: str = "",
 ) -> list[Path]:
     """Download each of ``names`` into ``directory`` from the first of ``bases`` that serves it
-    with the right checksum; return the files written.
+    with the right checksum (``CHECKSUMS[checksum_prefix + name]``); return the files written.
 
     Raise :class:`DataNotFoundError` if not allowed (``download=False``: the message lists the
     URLs to get them from) or not possible (the message lists every URL tried and why it
@@ -164,7 +201,8 @@ def obtain(
             failures.append(f"{directory} cannot be created ({error})")
         else:
             for name in names:
-                file = _download(directory / name, urls[name], failures)
+                key = checksum_prefix + name
+                file = _download(directory / name, urls[name], failures, key)
                 if file is None:
                     break
                 written.append(file)
@@ -186,9 +224,10 @@ def obtain(
     raise DataNotFoundError("\n".join(lines))
 
 
-def _download(target: Path, urls: Sequence[str], failures: list[str]) -> Path | None:
-    """Download the first good copy among ``urls`` into ``target``; append why each failed."""
-    known_hash = CHECKSUMS[target.name]
+def _download(target: Path, urls: Sequence[str], failures: list[str], key: str) -> Path | None:
+    """Download the first good copy among ``urls`` into ``target``, checked against
+    ``CHECKSUMS[key]``; append why each failed."""
+    known_hash = CHECKSUMS[key]
     for url in urls:
         log.info("downloading %s from %s", target.name, url)
         try:

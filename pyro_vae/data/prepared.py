@@ -50,11 +50,13 @@ def prepare_data(
     binarize_train: str = "none",
     binarize_test: str = "none",
     binarize_seed: int = 0,
-    likelihood: str | None = None,
+    likelihood: Any = None,
     device: torch.device | str = "cpu",
 ) -> RunData:
-    """``dataset`` checked for ``likelihood`` (see
-    :func:`~pyro_vae.data.check_data_for_likelihood`), moved to ``device`` and binarised.
+    """``dataset`` checked (finite ``[N, D]`` values, see
+    :func:`~pyro_vae.data.check_data_for_likelihood`; and in the support of ``likelihood``,
+    a :class:`~pyro_vae.likelihoods.Likelihood` or anything with its ``check(x, where)``),
+    moved to ``device`` and binarised.
 
     ``binarize_train``: ``dynamic`` (a fresh Bernoulli draw of every minibatch, done by
     :class:`~pyro_vae.data.Minibatches`), ``fixed`` (one draw, seeded by
@@ -67,7 +69,10 @@ def prepare_data(
         raise refuse("test_binarize", binarize_test, f"one of {list(TEST_BINARIZE)}")
     for split, x in (("train", dataset.train), ("test", dataset.test)):
         where = f"dataset={dataset.name} ({split}: {dataset.source})"
-        check_data_for_likelihood(x, likelihood, where=where)
+        check_data_for_likelihood(x, None, where=where)
+        check = getattr(likelihood, "check", None)
+        if callable(check):
+            check(x, where)
     train, test = dataset.train.to(device), dataset.test.to(device)
     train_mode = binarize_train
     if train_mode == "fixed":

@@ -2,8 +2,11 @@
 
 Each is an object with Pyro's ``ELBO`` interface (``loss``, ``loss_and_grads``,
 ``differentiable_loss``), so ``pyro.infer.SVI`` takes it unchanged, on any Pyro model and
-guide whose sample sites lie in one data plate. ``loss`` is minus the bound's estimate at
-full-data scale (eq. 8), so ``-loss / N`` is per datapoint.
+guide whose sample sites lie in one data plate: site names are read from the traces and
+parameters are whatever ``pyro.module``/``pyro.param`` register, so a model written as
+Pyro's ``examples/vae/vae.py`` is (``tests/test_gradient_variance.py`` trains one with
+each). ``loss`` is minus the bound's estimate at full-data scale (eq. 8), so ``-loss / N``
+is per datapoint.
 
 =================  ==============================================================
 ``trace_elbo``     Pyro's ``Trace_ELBO``: estimator A (eq. 6) by Pyro's route

@@ -73,6 +73,20 @@ def sample_sites(trace: Trace, observed: bool | None = None) -> list[tuple[str, 
     ]
 
 
+def guide_site(guide_trace: Trace, name: str, estimator: str) -> dict:
+    """The guide's site ``name``, which an estimator with a closed-form KL pairs with the
+    model's latent site of that name; refused when the guide does not sample it."""
+    site = guide_trace.nodes.get(name)
+    if site is None or site["type"] != "sample":
+        raise EstimatorError(
+            f"estimator={estimator} computes KL(q || p) at each latent site of the model, "
+            f"but the guide has no sample site {name!r} (it samples "
+            f"{[n for n, _ in sample_sites(guide_trace, observed=False)]}); give the guide "
+            "that site, or use estimator=sgvb_a"
+        )
+    return site
+
+
 def plate_scale(*traces: Trace) -> float:
     """The scale N/M that every sample site shares (eq. 8)."""
     sites = [(name, site) for t in traces for name, site in sample_sites(t)]

@@ -9,7 +9,13 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
-from .base import MAX_PLATE_NESTING, describe_distribution, register, sample_sites
+from .base import (
+    MAX_PLATE_NESTING,
+    describe_distribution,
+    guide_site,
+    register,
+    sample_sites,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ class MeanField_ELBO(TraceMeanField_ELBO):
 def warn_monte_carlo_kl(model_trace: Trace, guide_trace: Trace) -> None:
     """Log a warning for each latent site whose KL torch cannot compute in closed form."""
     for name, site in sample_sites(model_trace, observed=False):
-        guide_fn = guide_trace.nodes[name]["fn"]
+        guide_fn = guide_site(guide_trace, name, "meanfield")["fn"]
         try:
             with torch.no_grad():
                 kl_divergence(guide_fn, site["fn"])

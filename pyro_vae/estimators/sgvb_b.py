@@ -11,6 +11,7 @@ from .base import (
     EstimatorError,
     ParticleELBO,
     describe_distribution,
+    guide_site,
     log_density,
     particle_shape,
     plate_scale,
@@ -102,7 +103,7 @@ class SGVB_B(ParticleELBO):
         shape = particle_shape(guide_trace)
         log_px_z = log_density(model_trace, shape, observed=True)
         kl = sum(
-            analytic_kl(guide_trace.nodes[name]["fn"], site["fn"], name)
+            analytic_kl(guide_site(guide_trace, name, self.name)["fn"], site["fn"], name)
             for name, site in sample_sites(model_trace, observed=False)
         )
         bound = plate_scale(model_trace, guide_trace) * (log_px_z - kl).mean(0).sum()

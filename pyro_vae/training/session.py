@@ -297,7 +297,7 @@ def _as_run_data(
         binarize_train=binarize_train,
         binarize_test=binarize_test,
         binarize_seed=seed,
-        likelihood=getattr(vae.likelihood, "name", None),
+        likelihood=vae.likelihood,
         device=device,
     )
 
@@ -330,7 +330,7 @@ def _default_record(args: dict[str, Any], vae: VAE, data: RunData) -> dict[str, 
     data_dir = dataset.pop("data_dir", None)
     model = vae.settings or {
         "model": type(vae).__name__,
-        "likelihood": getattr(vae.likelihood, "name", None),
+        "likelihood": vae.likelihood.spec() if hasattr(vae.likelihood, "spec") else None,
     }
     return {
         "seed": args["seed"],

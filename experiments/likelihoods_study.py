@@ -1,0 +1,225 @@
+"""Likelihood and network study: MNIST's grey levels under four likelihoods, and the conv
+network against the paper's MLP on binarised MNIST.
+
+    python experiments/likelihoods_study.py data_dir=../shared/data
+
+Runs (Nz=20, Adam 1e-3, batch 100, seed 0, ``epochs`` epochs each, into ``<runs>/<run>``;
+a finished run is reused, so an interrupted study continues where it stopped):
+
+- grey levels (``dataset.binarize=none``, test set not binarised either), one network for
+  all four so that only the likelihood differs (``grey_network``, default ``conv``: the
+  categorical's 256 logits per pixel make the MLP's last layer 500 x 200704 weights):
+  ``bernoulli`` (the common, unnormalised relaxation), ``continuous_bernoulli``, ``beta``,
+  ``categorical`` (256 grey levels);
+- binarised MNIST (dynamic binarisation, the test set binarised once), Bernoulli
+  likelihood: ``mlp`` (the paper's, 500 tanh units) against ``conv``.
+
+On the test images (the first ``eval_points``) it measures the ELBO and its two terms
+(``elbo_samples`` draws z ~ q(z|x) per image), the importance-sampled log p(x) with K =
+``importance_samples`` where it means something (not for the Bernoulli on grey levels,
+which is not a normalised likelihood of them), the active units (Burda et al. 2015) and
+the median training epoch's seconds, and draws decoder-mean samples (z ~ p(z)). It writes
+``results.csv``, ``results.md`` and ``samples*.png`` into ``out``.
+
+Keys (``key=value``): data_dir, epochs (5), importance_samples (200), eval_points (2000),
+elbo_samples (10), runs (runs/likelihoods_study), out (experiments/results/likelihoods),
+grey_network (conv), only (comma-separated run names; default all), seed (0).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from priors_study import active_units, elbo_terms
+
+from pyro_vae import RunDir, importance_log_likelihood, load_run
+from pyro_vae.cli import configure_logging, parse_key_values
+from pyro_vae.config import compose_config, run_training
+from pyro_vae.plots import image_grid, plot_samples
+
+GREY = ["dataset.binarize=none", "dataset.test_binarize=none"]
+
+#: name -> (what it compares, likelihood, network or None for the grey-level network,
+#: extra overrides, how its log-likelihood compares)
+RUNS: dict[str, tuple[str, str, str | None, list[str], str]] = {
+    "bernoulli_grey": ("grey", "bernoulli", None, GREY, "none (not normalised on grey levels)"),
+    "continuous_bernoulli": ("grey", "continuous_bernoulli", None, GREY, "density on [0,1]^D"),
+    "beta": ("grey", "beta", None, GREY, "density on [0,1]^D (squeezed, eps=1e-3)"),
+    "categorical": ("grey", "categorical", None, GREY, "probability of the 8-bit image"),
+    "mlp_binary": ("binary", "bernoulli", "mlp", [], "probability of the binary image"),
+    "conv_binary": ("binary", "bernoulli", "conv", [], "probability of the binary image"),
+}
+COLUMNS = (
+    ("run", "run", "{}"),
+    ("network", "network", "{}"),
+    ("test_elbo", "test ELBO", "{:.2f}"),
+    ("test_log_likelihood", "log p(x), IS", "{:.2f}"),
+    ("reconstruction", r"E_q log p(x\|z)", "{:.2f}"),  # a bare pipe would end the Markdown cell
+    ("kl", "KL(q‖p)", "{:.2f}"),
+    ("active_units", "active units", "{}"),
+    ("epoch_seconds", "s/epoch", "{:.1f}"),
+    ("comparable", "log p(x) is a", "{}"),
+)
+
+
+def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+    return values.mean().item(), (values.std() / math.sqrt(values.numel())).item()
+
+
+def run_one(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Train (or reuse) run ``name`` and measure it; the measurements are cached in its
+    summary.json."""
+    kind, likelihood, network, extra, comparable = RUNS[name]
+    network = network or opts["grey_network"]
+    run_dir = Path(opts["runs"]) / name
+    overrides = [
+        f"likelihood={likelihood}",
+        f"network={network}",
+        "latent_dim=20",
+        f"epochs={opts['epochs']}",
+        f"seed={opts['seed']}",
+        f"data_dir={opts['data_dir']}",
+        f"run_dir={run_dir}",
+        "progress=false",
+        *extra,
+    ]
+    summary = run_training(compose_config(overrides))
+    seconds = [0.0] + [r["seconds"] for r in RunDir(run_dir).metrics()]
+    timing = {
+        "train_seconds": summary["train_seconds"],
+        # the median epoch: other jobs on the shared cores inflate a few epochs a lot
+        "epoch_seconds": statistics.median(b - a for a, b in itertools.pairwise(seconds)),
+    }
+    key = f"likelihood_study_K{opts['importance_samples']}_S{opts['elbo_samples']}"
+    key += f"_N{opts['eval_points']}"
+    if key in summary:
+        return {**summary[key], **timing}
+    loaded = load_run(run_dir)
+    vae, test = loaded.vae, loaded.data().test[: opts["eval_points"]]
+    torch.manual_seed(opts["seed"])
+    start = time.perf_counter()
+    row: dict[str, Any] = {"run": name, "kind": kind, "likelihood": likelihood}
+    row.update(network=network, comparable=comparable)
+    row.update(elbo_terms(vae, test, opts["elbo_samples"], batch_size=100))
+    if likelihood == "bernoulli" and kind == "grey":
+        row["test_log_likelihood"] = row["test_log_likelihood_se"] = float("nan")
+    else:
+        ll = importance_log_likelihood(vae, test, opts["importance_samples"])
+        row["test_log_likelihood"], row["test_log_likelihood_se"] = _mean_se(ll)
+    row["active_units"] = active_units(vae, test)
+    row["eval_seconds"] = time.perf_counter() - start
+    row["samples_image"] = f"samples_{name}.png"
+    plot_samples(vae, loaded.meta["image_shape"], Path(opts["out"]) / row["samples_image"])
+    loaded.run.update_summary(**{key: row})
+    return {**row, **timing}
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row[key]
+    if isinstance(value, float) and math.isnan(value):
+        return "—"
+    cell = fmt.format(value)
+    se = row.get(f"{key}_se")
+    return cell + (f" ± {se:.2f}" if se is not None and not math.isnan(se) else "")
+
+
+def write_tables(rows: list[dict[str, Any]], opts: dict[str, Any], command: str) -> None:
+    out = Path(opts["out"])
+    with open(out / "results.csv", "w", newline="") as f:
+        fields = [k for k in rows[0] if k != "samples_image"]
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    tables = {}
+    for kind in ("grey", "binary"):
+        lines = [header, "|" + "---|" * len(COLUMNS)]
+        for row in rows:
+            if row["kind"] == kind:
+                cells = [_cell(row, key, fmt) for key, _, fmt in COLUMNS]
+                lines.append("| " + " | ".join(cells) + " |")
+        tables[kind] = "\n".join(lines)
+    text = f"""# Likelihoods and networks on MNIST (Nz=20, {opts["epochs"]} epochs each)
+
+Produced by
+
+    {command}
+
+Adam 1e-3, batch 100, seed {opts["seed"]}. Nats per image over the first
+{opts["eval_points"]} test images; ± is the standard error over images (not run-to-run
+variation). ELBO terms: {opts["elbo_samples"]} draws z ~ q(z|x) per image. log p(x), IS:
+importance sampling with K={opts["importance_samples"]}. Active units: Cov_x(E_q[z_u]) > 0.01.
+s/epoch: the median training epoch on this machine's 2 shared CPU cores.
+
+## MNIST grey levels (not binarised), network={opts["grey_network"]}
+
+{tables["grey"]}
+
+## Binarised MNIST, Bernoulli likelihood: the paper's MLP against the conv network
+
+{tables["binary"]}
+
+Samples (decoder means at z ~ p(z)): {", ".join(f"`{r['samples_image']}`" for r in rows)};
+side by side: `samples.png`.
+"""
+    (out / "results.md").write_text(text)
+
+
+def plot_sample_overview(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
+    """Each run's decoder-mean samples side by side (64 each, same seed)."""
+    fig = Figure(figsize=(4 * len(rows), 4.4))
+    for i, row in enumerate(rows):
+        vae = load_run(Path(opts["runs"]) / row["run"]).vae
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            images = vae.decode_mean(vae.prior().sample((64,)))
+        ax = fig.add_subplot(1, len(rows), i + 1)
+        ax.imshow(image_grid(images, (28, 28), 8), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{row['run']}", fontsize=12)
+        ax.set_axis_off()
+    fig.savefig(Path(opts["out"]) / "samples.png", dpi=80, bbox_inches="tight")
+
+
+def main(argv: list[str]) -> int:
+    opts: dict[str, Any] = {
+        "data_dir": None,
+        "epochs": 5,
+        "importance_samples": 200,
+        "eval_points": 2000,
+        "elbo_samples": 10,
+        "runs": "runs/likelihoods_study",
+        "out": "experiments/results/likelihoods",
+        "grey_network": "conv",
+        "only": ",".join(RUNS),
+        "seed": 0,
+    }
+    types = {k: type(v) if v is not None else str for k, v in opts.items()}
+    opts.update(parse_key_values(argv, types, "likelihoods_study"))
+    configure_logging()
+    Path(opts["out"]).mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = []
+    for name in opts["only"].split(","):
+        if name not in RUNS:
+            sys.exit(f"only={name!r}: expected names among {list(RUNS)}")
+        rows.append(run_one(name, opts))
+        print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+    command = " ".join(["python experiments/likelihoods_study.py", *argv])
+    write_tables(rows, opts, command)
+    plot_sample_overview(rows, opts)
+    print(f"wrote {opts['out']}/results.md, results.csv, samples*.png")
+    print(f"study wall time: {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
