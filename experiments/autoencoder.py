@@ -44,7 +44,7 @@ from common import Options, finish, save_csv, save_figure, show_images, sweep
 from matplotlib.figure import Figure
 from torch import nn
 
-from pyro_vae import BernoulliDecoder, GaussianEncoder, Minibatches, RunData, load_data, load_run
+from pyro_vae import GaussianEncoder, Minibatches, MLPDecoder, RunData, load_data, load_run
 from pyro_vae.config import as_plain, compose_config
 from pyro_vae.data import binarize
 
@@ -68,7 +68,7 @@ class Autoencoder(nn.Module):
     def __init__(self, x_dim: int, latent_dim: int, hidden_dims: list[int]):
         super().__init__()
         self.encoder = GaussianEncoder(x_dim, latent_dim, hidden_dims, "tanh")
-        self.decoder = BernoulliDecoder(latent_dim, x_dim, hidden_dims[::-1], "tanh")
+        self.decoder = MLPDecoder(latent_dim, x_dim, hidden_dims[::-1], "tanh")  # logits
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)[0]

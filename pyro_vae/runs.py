@@ -1,7 +1,7 @@
 """A run directory read back: its model at a checkpoint, its data, evaluation and figures.
 
 ``load_run(run_dir)`` rebuilds the paper's MLP VAE from the run's ``config.yaml`` (the keys
-of :data:`~pyro_vae.model.MLP_SETTINGS`) and loads a checkpoint into it; a run of a model
+of :data:`~pyro_vae.model.MODEL_SETTINGS`) and loads a checkpoint into it; a run of a model
 of your own is loaded into that model: ``load_run(run_dir, vae=my_vae)``. Evaluation,
 plots and the variance lab read runs through here, so the same run always yields the same
 objects, whether it was trained from the command line or from Python.
