@@ -97,16 +97,20 @@ def example():
 def test_every_estimator_trains_the_pyro_example_under_svi(name, example):
     vae, x = example
     before = {n: p.detach().clone() for n, p in vae.named_parameters()}
-    svi = SVI(vae.model, vae.guide, Adam({"lr": 0.01}), build_estimator(name, num_particles=2))
+    elbo = build_estimator(name, num_particles=2)
+    svi = SVI(vae.model, vae.guide, Adam({"lr": 0.01}), elbo)
     pyro.set_rng_seed(0)
     with pyro.validation_enabled(True):
         losses = [svi.step(x) for _ in range(4)]
     assert all(math.isfinite(v) for v in losses), losses
     for n, p in vae.named_parameters():
         assert not torch.equal(p.detach(), before[n]), f"{name} left {n} unchanged"
+    # NVIL's baseline network is registered under its own name, so SVI trains it too.
+    own = {elbo.pyro_name} if name == "nvil" else set()
     assert {k.partition("$$$")[0] for k in pyro.get_param_store().keys()} == {
         "encoder",
         "decoder",
+        *own,
     }
 
 
@@ -152,7 +156,10 @@ def test_gradient_variance_groups_by_module_and_leaves_the_state_alone(example):
     assert torch.equal(torch.get_rng_state(), rng)
 
     assert [(r["estimator"].split()[0], r["group"]) for r in rows] == [
-        (name, group) for name in sorted(ESTIMATORS) for group in ("encoder", "decoder")
+        (name, group)
+        for name in sorted(ESTIMATORS)
+        if name != "vimco"  # needs num_particles >= 2: skipped at L=1
+        for group in ("encoder", "decoder")
     ]
     sizes = {
         g: sum(p.numel() for p in getattr(vae, g).parameters()) for g in ("encoder", "decoder")

@@ -65,6 +65,10 @@ TRAIN_KEYS = (
     "plots",
     "lr_search",
     "lr_search_steps",
+    "lr_schedule",
+    "lr_gamma",
+    "lr_step_epochs",
+    "lr_min",
 )
 
 
@@ -116,6 +120,19 @@ def method_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
+def check_schedule(cfg: Mapping[str, Any]) -> None:
+    """``lr_schedule=cosine`` anneals down to ``lr_min``: it must lie below the step size
+    (every ``lr_search`` value, when the search picks it). ConfigError otherwise."""
+    if cfg.get("lr_schedule") != "cosine":
+        return
+    lowest = min(cfg["lr_search"]) if cfg.get("lr_search") else cfg["lr"]
+    if cfg["lr_min"] >= lowest:
+        what = "the smallest lr_search value" if cfg.get("lr_search") else "lr"
+        raise ConfigError.refuse(
+            "lr_min", cfg["lr_min"], f"a number below {what} ({lowest}) with lr_schedule=cosine"
+        )
+
+
 def build_data(cfg: Mapping[str, Any] | DictConfig) -> RunData:
     """The configuration's data on its device (:func:`pyro_vae.runs.load_data`), with
     ``batch_size`` checked against the training set's size."""
@@ -160,6 +177,7 @@ def instantiate(cfg: Mapping[str, Any] | DictConfig) -> Experiment:
     gives the same initialisation, and so the same numbers.
     """
     cfg = validate_config(cfg)
+    check_schedule(cfg)
     pyro.enable_validation(cfg["validate"])
     data = build_data(cfg)
     pyro.set_rng_seed(cfg["seed"])

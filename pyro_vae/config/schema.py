@@ -28,6 +28,7 @@ from omegaconf import MISSING
 
 from ..methods import METHODS
 from ..networks import ACTIVATIONS, INITS
+from ..optim import LR_SCHEDULES
 from ..runs import DEVICES
 from ..training.session import SNAPSHOT_SCHEDULES
 
@@ -144,6 +145,13 @@ class Config:
     weight_decay: float = key(0.0, positive(allow_zero=True))  # 1.0: a N(0, I) prior on params
     lr_search: Optional[List[float]] = key(None, STEP_SIZES, nullable=True)  # sec. 5
     lr_search_steps: int = key(100, integer(1))
+    # Step size per epoch, stepped at epoch ends: none | exponential | step | cosine | iwae
+    lr_schedule: str = key("none", one_of(LR_SCHEDULES))
+    lr_gamma: float = key(
+        0.1, Allowed("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1)
+    )  # exponential: lr * gamma^epoch; step: x gamma every lr_step_epochs
+    lr_step_epochs: int = key(10, integer(1))  # step
+    lr_min: float = key(0.0, positive(allow_zero=True))  # cosine: the last epochs' step size
     mcem: MCEMConfig = field(default_factory=MCEMConfig)
     eval_batch_size: int = key(1000, integer(1))
     checkpoint_every: int = key(1, integer(1))  # epochs between checkpoints

@@ -17,6 +17,11 @@ is per datapoint.
 ``iwae``           the importance-weighted bound (Burda et al. 2015), K = num_particles
 ``stl``            sticking the landing (Roeder et al. 2017)
 ``dreg``           doubly reparameterised IWAE gradients (Tucker et al. 2018)
+``vimco``          the multi-sample score function with a leave-one-out baseline
+                   (Mnih & Rezende 2016), K = num_particles >= 2
+``nvil``           the score function with a neural input-dependent baseline and
+                   variance normalisation (Mnih & Gregor 2014); the baseline trains
+                   with the model
 =================  ==============================================================
 
 Adding one is one file here: a class (or factory) decorated with ``@register("name")``;

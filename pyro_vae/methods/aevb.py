@@ -11,7 +11,7 @@ from ..errors import refuse
 from ..estimators import build_estimator
 from ..fast import FAST_ESTIMATORS, direct_bound
 from ..model import VAE
-from ..optim import OptimizerFactory, check_finite_loss, guarded_step
+from ..optim import OptimizerFactory, check_finite_loss, guarded_step, set_lr
 from .base import default_optimizer, register
 
 
@@ -70,6 +70,20 @@ class AEVB:
         self.optimizer = optimizer(list(vae.parameters()))
         self.optimizers = [self.optimizer]
         self.clip_grad_norm = clip_grad_norm
+        # The estimator's own parameters (NVIL's baseline network, built at its first call).
+        self._make_optimizer = optimizer
+        self.estimator_optimizer: torch.optim.Optimizer | None = None
+
+    def _adopt_estimator_parameters(self) -> None:
+        """An optimiser over the estimator's own parameters, once it has some."""
+        if self.estimator_optimizer is not None or not hasattr(self.elbo, "parameters"):
+            return
+        params = list(self.elbo.parameters())
+        if params:
+            # Its step size is the model's when it is built (after a step-size search); it
+            # is not in self.optimizers, so a step-size schedule leaves it constant.
+            self.estimator_optimizer = self._make_optimizer(params)
+            set_lr(self.estimator_optimizer, self.optimizer.param_groups[0]["lr"])
 
     def loss_and_grads(self, x: torch.Tensor, idx: torch.Tensor) -> float:
         """The minibatch's loss; its gradient is left on the parameters."""
@@ -84,11 +98,25 @@ class AEVB:
     def step(self, x: torch.Tensor, idx: torch.Tensor) -> float:
         loss = self.loss_and_grads(x, idx)
         check_finite_loss(loss)
+        self._adopt_estimator_parameters()
         guarded_step(self.optimizer, self.clip_grad_norm)
+        if self.estimator_optimizer is not None:
+            guarded_step(self.estimator_optimizer, self.clip_grad_norm)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+        state = {"optimizer": self.optimizer.state_dict()}
+        if hasattr(self.elbo, "state_dict"):
+            state["estimator"] = self.elbo.state_dict()
+        if self.estimator_optimizer is not None:
+            state["estimator_optimizer"] = self.estimator_optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if "estimator" in state:
+            self.elbo.load_state_dict(state["estimator"])
+        self.estimator_optimizer = None  # rebuilt over the restored parameters
+        self._adopt_estimator_parameters()
+        if "estimator_optimizer" in state:
+            self.estimator_optimizer.load_state_dict(state["estimator_optimizer"])

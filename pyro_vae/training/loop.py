@@ -11,12 +11,17 @@ at five points:
 - ``between_steps``: after a step that another step follows: the state is consistent, so
   this is where a run may stop or write a mid-epoch checkpoint;
 - ``on_period_end``: after an epoch's (or the final part epoch's) evaluation, with the
-  metrics row;
+  metrics row (after an epoch's end, the step-size schedule has already taken its step);
 - ``on_fit_end``: always, also when training raised.
 
 Where training stands is one :class:`TrainingPosition`, saved and restored as a unit with
-the model, the method (its optimisers) and the random state (:meth:`Trainer.state_dict`),
-so a resumed run ends with the numbers of an uninterrupted one.
+the model, the method (its optimisers), the step-size schedule and the random state
+(:meth:`Trainer.state_dict`), so a resumed run ends with the numbers of an uninterrupted one.
+
+A step-size schedule (:class:`~pyro_vae.optim.LRSchedule`, ``lr_schedule=``) is built over
+the method's optimisers after the ``on_fit_start`` callbacks (so the step-size search has
+set the base step size) and steps once at every epoch's end, after the epoch's metrics row
+(whose ``lr`` is the step size the epoch trained with) and before the callbacks see it.
 """
 
 from __future__ import annotations
@@ -32,10 +37,10 @@ import pyro
 import torch
 
 from ..data import Minibatches
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, refuse
 from ..evaluate import mean_elbo
 from ..methods.base import TrainingMethod
-from ..optim import check_finite_loss
+from ..optim import LRSchedule, check_finite_loss, current_lr
 from ..version import __version__
 
 
@@ -104,6 +109,8 @@ class Trainer:
         callbacks: side effects, called in this order at each point.
         meta: what a checkpoint records to rebuild the model without the data.
         describe: the run in a few words for messages (``method=aevb, estimator=stl``).
+        schedule: the step-size schedule over the method's optimisers, stepped at every
+            epoch's end (None: the optimisers' step size throughout).
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,
         describe: str = "",
+        schedule: LRSchedule | None = None,
     ):
         self.method, self.vae = method, method.vae
         self.batches, self.test = batches, test
@@ -129,6 +137,8 @@ class Trainer:
         #: What callbacks record for the run's summary.json (the step-size search's result).
         self.summary: dict[str, Any] = {}
         self.position = TrainingPosition()
+        self.schedule = schedule
+        self._saved_schedule: dict[str, Any] | None = None  # restored at the start of fit
         self.device = test.device
         self._start_wall = time.perf_counter()
 
@@ -146,11 +156,19 @@ class Trainer:
             return math.ceil(self.num_samples / self.batches.batch_size)
         return self.epochs * len(self.batches)
 
+    def total_epochs(self) -> int:
+        """The run's length in epochs (a part epoch counts as one): what ``cosine`` spans."""
+        if self.num_samples is not None:
+            per_epoch = min(len(self.batches) * self.batches.batch_size, self.num_data)
+            return math.ceil(self.num_samples / per_epoch)
+        return self.epochs
+
     def fit(self) -> dict[str, Any]:
         """Train until :meth:`done`; returns the last metrics row ({} if nothing was left)."""
         pos, row = self.position, {}
         try:
             self._call("on_fit_start")
+            self._start_schedule()
             # Wall time counts from here: the step-size search is not part of the run.
             self._start_wall = time.perf_counter()
             while not self.done():
@@ -173,6 +191,8 @@ class Trainer:
                 if pos.batch >= len(self.batches):
                     pos.epoch, pos.batch = pos.epoch + 1, 0
                 row = self.end_period()
+                if self.schedule is not None and pos.batch == 0:  # a whole epoch ended
+                    self.schedule.step()
                 self._call("on_period_end", row)
         finally:
             self._call("on_fit_end")
@@ -203,6 +223,7 @@ class Trainer:
             "samples": pos.samples,
             "train_elbo": train_elbo,
             "test_elbo": test_elbo,
+            "lr": current_lr(getattr(self.method, "optimizers", ())),
             "skipped_steps": pos.skipped_steps,
             "seconds": round(pos.train_seconds, 3),
             "wall_seconds": round(time.perf_counter() - self._start_wall, 3),
@@ -211,14 +232,24 @@ class Trainer:
         pos.epoch_loss_sum, pos.epoch_steps = 0.0, 0
         return row
 
+    def _start_schedule(self) -> None:
+        """Build the schedule over the method's optimisers; a resumed run's state restored."""
+        if self.schedule is None:
+            return
+        self.schedule.start(self.method.optimizers, self.total_epochs())
+        if self._saved_schedule is not None:
+            self.schedule.load_state_dict(self._saved_schedule)
+            self._saved_schedule = None
+
     def _call(self, point: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, point)(self, *args)
 
     # state -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Model, method, position and random state: everything a resumed run needs."""
-        return {
+        """Model, method, position, schedule and random state: everything a resumed run
+        needs (``schedule`` only where the run has one)."""
+        state = {
             "model": self.vae.state_dict(),
             "method": self.method.state_dict(),
             "meta": self.meta,
@@ -226,12 +257,26 @@ class Trainer:
             "rng": get_rng_state(self.device),
             "version": __version__,
         }
+        if self.schedule is not None:
+            started = self.schedule.schedulers or self._saved_schedule is None
+            state["schedule"] = self.schedule.state_dict() if started else self._saved_schedule
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the schedule's state is restored when :meth:`fit`
+        builds it. A schedule other than the checkpoint's is refused (ArgumentError)."""
+        saved = state.get("schedule")
+        have = "none" if self.schedule is None else self.schedule.name
+        was = "none" if saved is None else saved["name"]
+        if have != was:
+            raise refuse(
+                "lr_schedule", have, f"{was!r}, the schedule the checkpoint was trained with"
+            )
         self.vae.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.position = TrainingPosition.from_state(state["position"])
         set_rng_state(state["rng"], self.device)
+        self._saved_schedule = saved
 
 
 def get_rng_state(device: torch.device) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from ..errors import ArgumentError, TrainingInterrupted, refuse
 from ..methods import build_method
 from ..methods.base import TrainingMethod
 from ..model import VAE
-from ..optim import OptimizerFactory, optimizer_factory
+from ..optim import LRSchedule, OptimizerFactory, optimizer_factory
 from ..plots import elbo_title, plot_figures
 from .hooks import (
     Checkpoints,
@@ -84,6 +84,10 @@ def train(
     plots: bool = True,
     lr_search: Sequence[float] | None = None,
     lr_search_steps: int = 100,
+    lr_schedule: str | Callable[..., Any] | LRSchedule = "none",
+    lr_gamma: float = 0.1,
+    lr_step_epochs: int = 10,
+    lr_min: float = 0.0,
     resume: bool = False,
     overwrite: bool = False,
     config: Mapping[str, Any] | None = None,
@@ -112,6 +116,19 @@ def train(
             command line's default for MNIST), ``"none"`` on the data as they are.
         checkpoint_every(_steps, _seconds), snapshots, skip_nonfinite, progress, plots,
         lr_search, lr_search_steps: as the command line's keys of the same names.
+        lr_schedule: the step size epoch by epoch, applied to every optimiser of the method
+            and stepped once at each epoch's end (the lr of each epoch is ``lr`` in
+            metrics.jsonl; the step-size search picks the base step size first, which the
+            schedule then scales): ``"none"`` (``lr`` throughout), ``"exponential"``
+            (lr * lr_gamma^epoch), ``"step"`` (times ``lr_gamma`` every ``lr_step_epochs``
+            epochs), ``"cosine"`` (to ``lr_min`` over the run's epochs, then ``lr_min``),
+            ``"iwae"`` (Burda et al. 2015: 3^i epochs at lr * 10^(-i/7), i = 0..7, 3280
+            epochs, then the last value); or a callable epoch -> factor of the base step
+            size (torch's ``LambdaLR``); or a torch scheduler class or
+            ``functools.partial`` of one (``partial(StepLR, step_size=2)``), or
+            ``LRSchedule.from_scheduler(optimizer -> scheduler)``, built for each optimiser.
+            Its state is in the checkpoints: a resumed run continues it exactly.
+        lr_gamma, lr_step_epochs, lr_min: the named schedules' settings (see above).
         resume / overwrite: continue the unfinished run in ``run_dir`` / retrain it.
         config: what to record as ``config.yaml`` (the command line passes its resolved
             configuration); by default the arguments of this call and the model's settings.
@@ -120,6 +137,16 @@ def train(
     arguments = dict(locals())
     run = RunDir(run_dir)
     _check_settings(epochs, num_samples, batch_size, snapshots, checkpoint_every)
+    schedule = LRSchedule.build(
+        lr_schedule, gamma=lr_gamma, step_epochs=lr_step_epochs, lr_min=lr_min
+    )
+    if lr_schedule == "cosine" and isinstance(method, str) and isinstance(optimizer, str):
+        lowest = min(lr_search) if lr_search else lr
+        if lr_min >= lowest:
+            what = "the smallest lr_search value" if lr_search else "lr"
+            raise refuse(
+                "lr_min", lr_min, f"a number below {what} ({lowest}) with lr_schedule=cosine"
+            )
     finished = finished_summary(run, resume, overwrite)
     if finished is not None:
         return finished
@@ -172,6 +199,7 @@ def train(
         callbacks=hooks,
         meta=data.meta(),
         describe=getattr(method, "description", type(method).__name__),
+        schedule=schedule,
     )
     with run.lock():
         if overwrite:
@@ -349,6 +377,10 @@ def _default_record(args: dict[str, Any], vae: VAE, data: RunData) -> dict[str, 
         "weight_decay": args["weight_decay"],
         "lr_search": list(args["lr_search"]) if args["lr_search"] else None,
         "lr_search_steps": args["lr_search_steps"],
+        "lr_schedule": args["lr_schedule"] if isinstance(args["lr_schedule"], str) else "custom",
+        "lr_gamma": args["lr_gamma"],
+        "lr_step_epochs": args["lr_step_epochs"],
+        "lr_min": args["lr_min"],
         "eval_batch_size": args["eval_batch_size"],
         "checkpoint_every": args["checkpoint_every"],
         "checkpoint_every_steps": args["checkpoint_every_steps"],
