@@ -452,8 +452,9 @@ def markdown(result: dict[str, Any]) -> str:
         + (f"; GPU {m['cuda_device']}" if "cuda_device" in m else "")
         + ".",
         "",
-        "Ratios are time per step over the plain-PyTorch baseline's, medians over "
-        "alternating rounds in one process (below 1: faster than the baseline).",
+        "Ratios are time per step over the baseline's (the plain-PyTorch loop; for the "
+        "networks, the paper's MLP), medians over alternating rounds in one process (below "
+        "1: faster than the baseline).",
         "",
     ]
     for device, res in result["devices"].items():
