@@ -31,22 +31,18 @@ default all), seed (0).
 from __future__ import annotations
 
 import csv
-import itertools
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
-from priors_study import active_units, elbo_terms
+from priors_study import active_units, elbo_terms, mean_se, sample_overview, train_timed
 
-from pyro_vae import RunDir, importance_log_likelihood, load_run
+from pyro_vae import importance_log_likelihood, load_run
 from pyro_vae.cli import configure_logging, parse_key_values
-from pyro_vae.config import compose_config, run_training
-from pyro_vae.plots import image_grid, plot_samples
+from pyro_vae.plots import plot_samples
 
 GREY = ["dataset.binarize=none", "dataset.test_binarize=none"]
 
@@ -74,10 +70,6 @@ COLUMNS = (
 )
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
-    return values.mean().item(), (values.std() / math.sqrt(values.numel())).item()
-
-
 def run_one(name: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse) run ``name`` and measure it; the measurements are cached in its
     summary.json."""
@@ -96,13 +88,7 @@ def run_one(name: str, opts: dict[str, Any]) -> dict[str, Any]:
         "progress=false",
         *extra,
     ]
-    summary = run_training(compose_config(overrides))
-    seconds = [0.0] + [r["seconds"] for r in RunDir(run_dir).metrics()]
-    timing = {
-        "train_seconds": summary["train_seconds"],
-        # the median epoch: other jobs on the shared cores inflate a few epochs a lot
-        "epoch_seconds": statistics.median(b - a for a, b in itertools.pairwise(seconds)),
-    }
+    summary, timing = train_timed(overrides, run_dir)
     key = f"likelihood_study_K{opts['importance_samples']}_S{opts['elbo_samples']}"
     key += f"_N{opts['eval_points']}"
     if key in summary:
@@ -118,7 +104,7 @@ def run_one(name: str, opts: dict[str, Any]) -> dict[str, Any]:
         row["test_log_likelihood"] = row["test_log_likelihood_se"] = float("nan")
     else:
         ll = importance_log_likelihood(vae, test, opts["importance_samples"])
-        row["test_log_likelihood"], row["test_log_likelihood_se"] = _mean_se(ll)
+        row["test_log_likelihood"], row["test_log_likelihood_se"] = mean_se(ll)
     row["active_units"] = active_units(vae, test)
     row["eval_seconds"] = time.perf_counter() - start
     row["samples_image"] = f"samples_{name}.png"
@@ -178,21 +164,6 @@ side by side: `samples.png`.
     (out / "results.md").write_text(text)
 
 
-def plot_sample_overview(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
-    """Each run's decoder-mean samples side by side (64 each, same seed)."""
-    fig = Figure(figsize=(4 * len(rows), 4.4))
-    for i, row in enumerate(rows):
-        vae = load_run(Path(opts["runs"]) / row["run"]).vae
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(0)
-            images = vae.decode_mean(vae.prior().sample((64,)))
-        ax = fig.add_subplot(1, len(rows), i + 1)
-        ax.imshow(image_grid(images, (28, 28), 8), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{row['run']}", fontsize=12)
-        ax.set_axis_off()
-    fig.savefig(Path(opts["out"]) / "samples.png", dpi=80, bbox_inches="tight")
-
-
 def main(argv: list[str]) -> int:
     opts: dict[str, Any] = {
         "data_dir": None,
@@ -220,7 +191,7 @@ def main(argv: list[str]) -> int:
         print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     command = " ".join(["python experiments/likelihoods_study.py", *argv])
     write_tables(rows, opts, command)
-    plot_sample_overview(rows, opts)
+    sample_overview([row["run"] for row in rows], opts)
     print(f"wrote {opts['out']}/results.md, results.csv, samples*.png")
     print(f"study wall time: {time.perf_counter() - started:.0f} s")
     return 0

@@ -59,7 +59,7 @@ COLUMNS = (
 )
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values.std() / math.sqrt(values.numel())).item()
 
 
@@ -82,7 +82,7 @@ def elbo_terms(
     recon, kl = torch.cat(recon), torch.cat(kl)
     out: dict[str, float] = {}
     for name, values in (("reconstruction", recon), ("kl", kl), ("test_elbo", recon - kl)):
-        out[name], out[f"{name}_se"] = _mean_se(values)
+        out[name], out[f"{name}_se"] = mean_se(values)
     return out
 
 
@@ -91,6 +91,19 @@ def active_units(vae: VAE, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD)
     """#{u : Cov_x(E_q[z_u|x]) > threshold} (Burda et al. 2015): latents the data use."""
     loc = vae.encoder(x)[0]
     return int((loc.var(dim=0) > threshold).sum().item())
+
+
+def train_timed(overrides: list[str], run_dir: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train (or reuse) the run ``overrides`` describe in ``run_dir``: its summary, and its
+    training time and median epoch."""
+    summary = run_training(compose_config(overrides))
+    # The median epoch: other users' jobs on the shared cores inflate a few epochs a lot.
+    seconds = [0.0] + [r["seconds"] for r in RunDir(run_dir).metrics()]
+    timing = {
+        "train_seconds": summary["train_seconds"],
+        "epoch_seconds": statistics.median(b - a for a, b in itertools.pairwise(seconds)),
+    }
+    return summary, timing
 
 
 def run_prior(prior: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -105,13 +118,7 @@ def run_prior(prior: str, opts: dict[str, Any]) -> dict[str, Any]:
         f"run_dir={run_dir}",
         "progress=false",
     ]
-    summary = run_training(compose_config(overrides))
-    # The median epoch: other users' jobs on the shared cores inflate a few epochs a lot.
-    seconds = [0.0] + [r["seconds"] for r in RunDir(run_dir).metrics()]
-    timing = {
-        "train_seconds": summary["train_seconds"],
-        "epoch_seconds": statistics.median(b - a for a, b in itertools.pairwise(seconds)),
-    }
+    summary, timing = train_timed(overrides, run_dir)
     key = f"prior_study_K{opts['importance_samples']}_S{opts['elbo_samples']}"
     if key in summary:
         return {**summary[key], **timing}
@@ -121,7 +128,7 @@ def run_prior(prior: str, opts: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     row: dict[str, Any] = {"prior": prior, **elbo_terms(vae, test, opts["elbo_samples"])}
     ll = importance_log_likelihood(vae, test, opts["importance_samples"])
-    row["test_log_likelihood"], row["test_log_likelihood_se"] = _mean_se(ll)
+    row["test_log_likelihood"], row["test_log_likelihood_se"] = mean_se(ll)
     row["active_units"] = active_units(vae, test)
     row["eval_seconds"] = time.perf_counter() - start
     row["samples_image"] = f"samples_{prior}.png"
@@ -172,17 +179,18 @@ all priors side by side: `samples.png`.
     (out / "results.md").write_text(text)
 
 
-def plot_sample_overview(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
-    """The priors' sample grids side by side (64 samples each, same seed)."""
-    fig = Figure(figsize=(4 * len(rows), 4.4))
-    for i, row in enumerate(rows):
-        vae = load_run(Path(opts["runs"]) / row["prior"]).vae
+def sample_overview(names: list[str], opts: dict[str, Any]) -> None:
+    """The sample grids of the runs ``<runs>/<name>`` side by side (64 samples each, same
+    seed), into ``<out>/samples.png``."""
+    fig = Figure(figsize=(4 * len(names), 4.4))
+    for i, name in enumerate(names):
+        vae = load_run(Path(opts["runs"]) / name).vae
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
             images = vae.decode_mean(vae.prior().sample((64,)))
-        ax = fig.add_subplot(1, len(rows), i + 1)
+        ax = fig.add_subplot(1, len(names), i + 1)
         ax.imshow(image_grid(images, (28, 28), 8), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(row["prior"], fontsize=12)
+        ax.set_title(name, fontsize=12)
         ax.set_axis_off()
     fig.savefig(Path(opts["out"]) / "samples.png", dpi=80, bbox_inches="tight")
 
@@ -208,7 +216,7 @@ def main(argv: list[str]) -> int:
         print(f"{prior}: " + ", ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     command = " ".join(["python experiments/priors_study.py", *argv])
     write_tables(rows, opts, command)
-    plot_sample_overview(rows, opts)
+    sample_overview([row["prior"] for row in rows], opts)
     print(f"wrote {opts['out']}/results.md, results.csv, samples*.png")
     return 0
 
