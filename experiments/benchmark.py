@@ -87,22 +87,32 @@ PROJECT_CONFIGS: dict[str, tuple[str, list[str]]] = {
 
 
 class PlainVAE(nn.Module):
-    """The paper's MNIST VAE as a user writes it without Pyro (same layers as pyro_vae)."""
+    """The paper's MNIST VAE as a user writes it without Pyro (same layers as pyro_vae):
+    ``hidden`` tanh layers in the encoder, the same reversed in the decoder."""
 
-    def __init__(self, x_dim: int = 784, hidden: int = 500, z_dim: int = 20):
+    def __init__(self, x_dim: int = 784, hidden: int | tuple[int, ...] = 500, z_dim: int = 20):
         super().__init__()
-        self.enc = nn.Linear(x_dim, hidden)
-        self.enc_mu = nn.Linear(hidden, z_dim)
-        self.enc_logvar = nn.Linear(hidden, z_dim)
-        self.dec = nn.Linear(z_dim, hidden)
-        self.dec_out = nn.Linear(hidden, x_dim)
+        widths = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        self.enc = self._trunk(x_dim, widths)
+        self.enc_mu = nn.Linear(widths[-1], z_dim)
+        self.enc_logvar = nn.Linear(widths[-1], z_dim)
+        self.dec = self._trunk(z_dim, widths[::-1])
+        self.dec_out = nn.Linear(widths[0], x_dim)
+
+    @staticmethod
+    def _trunk(width: int, widths: tuple[int, ...]) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for w in widths:
+            layers += [nn.Linear(width, w), nn.Tanh()]
+            width = w
+        return nn.Sequential(*layers)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = torch.tanh(self.enc(x))
+        h = self.enc(x)
         return self.enc_mu(h), self.enc_logvar(h)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.dec_out(torch.tanh(self.dec(z)))
+        return self.dec_out(self.dec(z))
 
     def elbo(self, x: torch.Tensor, estimator: str) -> torch.Tensor:
         """Per-datapoint ELBO estimate [M] (one sample), estimator "a" or "b"."""
@@ -322,22 +332,27 @@ def networks_markdown(res: dict[str, Any], device: str) -> list[str]:
 
 
 def bench_evaluation(
-    data: RunData, device: str, rounds: int, points: int, k: int
+    data: RunData,
+    device: str,
+    rounds: int,
+    points: int,
+    k: int,
+    overrides: tuple[str, ...] = (),
+    hidden: tuple[int, ...] = (500,),
+    z_dim: int = 20,
+    chunk: int = 10,
 ) -> dict[str, Any]:
-    """importance_log_likelihood against the plain loop, on the same weights; the points
-    are split into ``rounds`` slices, each evaluated by both in turn."""
+    """importance_log_likelihood against the plain loop (``chunk`` points at a time, all K
+    samples of a chunk in one pass), on the same weights; the points are split into
+    ``rounds`` slices, each evaluated by both in turn. ``overrides``: the project's model
+    (``hidden`` and ``z_dim`` are the plain one's)."""
     torch.manual_seed(0)
-    cfg = compose_config([f"device={device}"])
+    cfg = compose_config([f"device={device}", *overrides])
     vae = build_model(cfg, data.x_dim, data.num_train).to(device).eval()
-    plain = PlainVAE(data.x_dim).to(device).eval()
-    pairs = [
-        (plain.enc, vae.encoder.trunk[0]),
-        (plain.enc_mu, vae.encoder.loc),
-        (plain.enc_logvar, vae.encoder.log_var),
-        (plain.dec, vae.decoder.trunk[0]),
-        (plain.dec_out, vae.decoder.logits),
-    ]
-    for p, v in pairs:
+    plain = PlainVAE(data.x_dim, hidden, z_dim).to(device).eval()
+    linear = [[m for m in net.modules() if isinstance(m, nn.Linear)] for net in (plain, vae)]
+    assert [m.weight.shape for m in linear[0]] == [m.weight.shape for m in linear[1]]
+    for p, v in zip(*linear, strict=True):  # encoder trunk, mu, log var, decoder trunk, out
         p.load_state_dict(v.state_dict())
     x = torch.bernoulli(data.test[:points], generator=torch.Generator(device).manual_seed(1))
     # Round r evaluates slice r - 1; the warm-up round a few points of its own.
@@ -348,7 +363,7 @@ def bench_evaluation(
     def plain_loop(r: int) -> None:
         x = slices[r]
         results["plain"].append(
-            torch.cat([plain.log_likelihood(x[s : s + 10], k) for s in range(0, len(x), 10)])
+            torch.cat([plain.log_likelihood(x[s : s + chunk], k) for s in range(0, len(x), chunk)])
         )
 
     def project(r: int) -> None:
@@ -356,6 +371,8 @@ def bench_evaluation(
 
     times = interleaved({"plain": plain_loop, "project": project}, rounds, 1, device)
     return {
+        "overrides": list(overrides),
+        "plain_chunk": chunk,
         "points": points,
         "importance_samples": k,
         "rounds": rounds,
@@ -460,6 +477,8 @@ def markdown(result: dict[str, Any]) -> str:
     for device, res in result["devices"].items():
         if "networks" in res:
             lines += networks_markdown(res["networks"], device)
+        if "evaluation_k5000" in res:
+            lines += k5000_markdown(res["evaluation_k5000"], device)
         if "training" not in res:
             continue
         lines += [
@@ -500,6 +519,34 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def bench_k5000(data: RunData, device: str, rounds: int, points: int) -> dict[str, Any]:
+    """:func:`bench_evaluation` at K = 5000 on +experiment=iwae's 784-200-200-50 model; the
+    plain loop takes 2 points (10,000 samples) a pass, the memory of the K = 1000 loop's."""
+    res = bench_evaluation(
+        data, device, rounds, points, 5000, ("+experiment=iwae",), (200, 200), 50, chunk=2
+    )
+    print(f"{device} importance sampling K=5000 / plain = {res['ratio_to_baseline']}")
+    return res
+
+
+def k5000_markdown(ev: dict[str, Any], device: str) -> list[str]:
+    return [
+        f"## {device}: importance sampling at K = 5000 (`{' '.join(ev['overrides'])}`)",
+        "",
+        "| measurement | plain s | project s | ratio |",
+        "|---|---|---|---|",
+        f"| log p(x), K={ev['importance_samples']}, {ev['points']} test points "
+        f"| {ev['seconds']['plain']:.2f} | {ev['seconds']['project']:.2f} "
+        f"| {ev['ratio_to_baseline']:.3f} |",
+        "",
+        f"Mean log p(x) on the same (untrained) weights: plain "
+        f"{ev['mean_log_likelihood']['plain']}, project {ev['mean_log_likelihood']['project']}. "
+        f"At this speed the 10,000 test images take "
+        f"{ev['seconds']['project'] / ev['points'] * 10000 / 60:.0f} minutes.",
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=25)
@@ -517,12 +564,18 @@ def main() -> None:
         help="only the networks' seconds per epoch (conv, categorical, against the MLP), "
         "written to networks.json and networks.md",
     )
+    parser.add_argument(
+        "--k5000",
+        action="store_true",
+        help="only the importance-sampled log p(x) at the literature's K = 5000 on Burda et "
+        "al.'s 784-200-200-50 model (+experiment=iwae), written to k5000.json and k5000.md",
+    )
     args = parser.parse_args()
     devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
     rounds, eval_rounds = (3, 2) if args.quick else (args.rounds, args.eval_rounds)
     out = Path(args.out or ROOT / "experiments" / "results" / f"benchmark{'-smoke' * args.quick}")
     command = "python experiments/benchmark.py" + " --quick" * args.quick
-    command += " --profile" * args.profile + " --networks" * args.networks
+    command += " --profile" * args.profile + " --networks" * args.networks + " --k5000" * args.k5000
     if args.rounds != 25 or args.eval_rounds != 10:
         command += f" --rounds {args.rounds} --eval-rounds {args.eval_rounds}"
     start = time.perf_counter()
@@ -530,6 +583,11 @@ def main() -> None:
     for device in devices:
         data = load_data(as_plain(compose_config([f"data_dir={args.data_dir}"])), device)
         res: dict[str, Any] = {}
+        points = 20 if args.quick else 200
+        if args.k5000:
+            res["evaluation_k5000"] = bench_k5000(data, device, eval_rounds, points)
+            result["devices"][device] = res
+            continue
         grey_cfg = [f"data_dir={args.data_dir}", "dataset.binarize=none", "likelihood=categorical"]
         grey = load_data(as_plain(compose_config(grey_cfg)), device)
         res["networks"] = bench_networks(data, grey, device, max(2, rounds // 5), 3)
@@ -548,6 +606,7 @@ def main() -> None:
         points = 100 if args.quick else 1000
         res["evaluation"] = bench_evaluation(data, device, eval_rounds, points, 1000)
         print(f"{device} importance sampling / plain = {res['evaluation']['ratio_to_baseline']}")
+        res["evaluation_k5000"] = bench_k5000(data, device, eval_rounds, points)
         res["variance"] = bench_variance(data, device, max(2, eval_rounds // 2), 100)
         print(f"{device} variance lab / plain = {res['variance']['ratio_to_baseline']}")
         result["devices"][device] = res
@@ -558,7 +617,7 @@ def main() -> None:
                 (out / f"profile_{device}_{name}.txt").write_text(text)
     result["seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "networks" if args.networks else "benchmark"
+    stem = "networks" if args.networks else "k5000" if args.k5000 else "benchmark"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))

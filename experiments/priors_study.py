@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from pyro_vae import VAE, RunDir, importance_log_likelihood, load_run
 from pyro_vae.cli import configure_logging, parse_key_values
 from pyro_vae.config import compose_config, run_training
+from pyro_vae.evaluate import ACTIVE_THRESHOLD, active_units
 from pyro_vae.plots import image_grid, plot_samples
 
 PRIORS = (
@@ -46,7 +47,6 @@ PRIORS = (
     "learnable_normal",
     "vamp",
 )
-ACTIVE_THRESHOLD = 0.01
 COLUMNS = (
     ("prior", "prior", "{}"),
     ("test_elbo", "test ELBO", "{:.2f}"),
@@ -84,13 +84,6 @@ def elbo_terms(
     for name, values in (("reconstruction", recon), ("kl", kl), ("test_elbo", recon - kl)):
         out[name], out[f"{name}_se"] = mean_se(values)
     return out
-
-
-@torch.no_grad()
-def active_units(vae: VAE, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
-    """#{u : Cov_x(E_q[z_u|x]) > threshold} (Burda et al. 2015): latents the data use."""
-    loc = vae.encoder(x)[0]
-    return int((loc.var(dim=0) > threshold).sum().item())
 
 
 def train_timed(overrides: list[str], run_dir: Path) -> tuple[dict[str, Any], dict[str, float]]:

@@ -30,7 +30,7 @@ from .errors import (
     TrainingInterrupted,
 )
 from .estimators import ESTIMATORS, build_estimator
-from .evaluate import evaluate, importance_log_likelihood, mean_elbo
+from .evaluate import active_units, evaluate, importance_log_likelihood, mean_elbo
 from .likelihoods import (
     LIKELIHOODS,
     Bernoulli,
@@ -139,6 +139,7 @@ __all__ = [
     "evaluate",
     "evaluate_run",
     "importance_log_likelihood",
+    "active_units",
     "load_data",
     "load_dataset",
     "load_run",

@@ -172,7 +172,9 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     print(
         f"test ELBO {result['test_elbo']:.2f} nats; importance-sampled log p(x) "
         f"{result['test_log_likelihood']:.2f} ± {result['test_log_likelihood_se']:.2f} nats "
-        f"(K={result['importance_samples']}); written to {Path(run_dir) / 'summary.json'}"
+        f"(K={result['importance_samples']}); {result['active_units']} of "
+        f"{result['latent_dim']} latent units active; written to "
+        f"{Path(run_dir) / 'summary.json'}"
     )
     if "test_exact_log_likelihood" in result:
         print(

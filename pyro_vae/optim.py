@@ -121,14 +121,19 @@ IWAE_STAGES = 8
 IWAE_EPOCHS = (3**IWAE_STAGES - 1) // 2  # 3280
 
 
-def iwae_factor(epoch: int) -> float:
+def iwae_factor(epoch: int, total: int = IWAE_EPOCHS) -> float:
     """The factor of Burda et al. (2015)'s schedule for (0-based) ``epoch``: 10^(-i/7) in
     stage i, which covers epochs 3^0 + ... + 3^(i-1) up to (not including) 3^0 + ... + 3^i
-    (stages start at epochs 0, 1, 4, 13, 40, ...); from epoch 3280 on, the last stage's."""
-    stage, end = 0, 1
-    while epoch >= end and stage < IWAE_STAGES - 1:
+    (stages start at epochs 0, 1, 4, 13, 40, ...); from epoch 3280 on, the last stage's.
+
+    ``total``: the schedule squeezed (or stretched) into ``total`` epochs, every stage's
+    length scaled by total / 3280: stage i ends at epoch (3^(i+1) - 1) / 2 * total / 3280
+    (a stage shorter than an epoch is skipped). ``total=3280`` is Burda et al.'s.
+    """
+    stage = 0
+    # epoch >= (3^(i+1) - 1) / 2 * total / IWAE_EPOCHS, in integers (exact for any total)
+    while stage < IWAE_STAGES - 1 and 2 * IWAE_EPOCHS * epoch >= total * (3 ** (stage + 1) - 1):
         stage += 1
-        end += 3**stage
     return 10.0 ** (-stage / 7)
 
 
@@ -173,6 +178,7 @@ class LRSchedule:
         gamma: float = 0.1,
         step_epochs: int = 10,
         lr_min: float = 0.0,
+        iwae_epochs: int = IWAE_EPOCHS,
     ) -> LRSchedule | None:
         """The schedule ``lr_schedule=name`` (None for ``none``):
 
@@ -181,7 +187,8 @@ class LRSchedule:
         - ``cosine``: from lr to ``lr_min`` over the run's epochs, then ``lr_min``
           (``CosineAnnealingLR``);
         - ``iwae``: Burda et al. (2015), 3^i epochs at lr * 10^(-i/7) for i = 0..7 (3280
-          epochs), then the last value (``LambdaLR`` with :func:`iwae_factor`).
+          epochs), then the last value (``LambdaLR`` with :func:`iwae_factor`); its stages
+          scaled to fill ``iwae_epochs`` epochs where that is not 3280.
         """
         if name not in LR_SCHEDULES:
             raise refuse("lr_schedule", name, f"one of {list(LR_SCHEDULES)}")
@@ -191,12 +198,16 @@ class LRSchedule:
             raise refuse("lr_step_epochs", step_epochs, "an integer >= 1")
         if not _is_number(lr_min) or not math.isfinite(lr_min) or lr_min < 0:
             raise refuse("lr_min", lr_min, "a finite number >= 0")
+        if not isinstance(iwae_epochs, int) or isinstance(iwae_epochs, bool) or iwae_epochs < 1:
+            raise refuse("lr_iwae_epochs", iwae_epochs, "an integer >= 1")
         sched = torch.optim.lr_scheduler
         makers: dict[str, Callable[[torch.optim.Optimizer, int], LRScheduler]] = {
             "exponential": lambda opt, epochs: sched.ExponentialLR(opt, gamma),
             "step": lambda opt, epochs: sched.StepLR(opt, step_epochs, gamma),
             "cosine": lambda opt, epochs: CosineToMin(opt, max(epochs, 1), lr_min),
-            "iwae": lambda opt, epochs: sched.LambdaLR(opt, iwae_factor),
+            "iwae": lambda opt, epochs: sched.LambdaLR(
+                opt, lambda epoch: iwae_factor(epoch, iwae_epochs)
+            ),
         }
         return None if name == "none" else cls(name, makers[name])
 

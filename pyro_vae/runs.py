@@ -94,7 +94,9 @@ def load_run(
     vae: VAE | None = None,
 ) -> LoadedRun:
     """The settings and the model of ``run_dir`` at ``checkpoint`` (``last.pt`` or a
-    snapshot such as ``epoch_0004.pt``).
+    snapshot such as ``epoch_0004.pt``). A run directory kept without its training
+    checkpoint (``last.pt``: the model with the optimiser's state, for resuming), as the
+    committed runs of ``experiments/iwae_table.py`` are, loads its newest snapshot instead.
 
     ``vae``: the model to load the checkpoint into (a model of your own); by default the
     paper's MLP VAE is rebuilt from the run's settings. ``device``: where to load it
@@ -107,6 +109,7 @@ def load_run(
     dev = resolve_device(device or cfg.get("device", "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         dev = torch.device("cpu")
+    checkpoint = checkpoint_to_load(run, checkpoint)
     state = run.load_checkpoint(checkpoint, map_location=dev)
     meta = state["meta"]
     if vae is None:
@@ -117,6 +120,15 @@ def load_run(
     vae.load_state_dict(state["model"])
     vae.eval()
     return LoadedRun(run=run, cfg=cfg, vae=vae, meta=meta, checkpoint=state, device=dev)
+
+
+def checkpoint_to_load(run: RunDir, checkpoint: str = LAST_CHECKPOINT) -> str:
+    """``checkpoint``; for ``last.pt`` where the run has none, its newest snapshot."""
+    if checkpoint == LAST_CHECKPOINT and not (run.checkpoint_dir / checkpoint).exists():
+        snapshots = run.snapshots()
+        if snapshots:
+            return snapshots[-1][1].name
+    return checkpoint
 
 
 def evaluate_run(
@@ -145,6 +157,7 @@ def evaluate_run(
             importance_gap=ll - result["test_log_likelihood"],
         )
     result.update(exact)
+    checkpoint = checkpoint_to_load(loaded.run, checkpoint)
     result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
     loaded.run.update_summary(**result)
     return result

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pyro_vae.errors import ArgumentError
-from pyro_vae.evaluate import importance_log_likelihood, mean_elbo
+from pyro_vae.evaluate import active_units, evaluate, importance_log_likelihood, mean_elbo
 from pyro_vae.model import VAE
 from pyro_vae.priors import StandardNormal
 
@@ -91,3 +91,59 @@ def test_vae_importance_estimate_is_above_its_elbo():
     assert ll.mean().item() > elbo
     with pytest.raises(ArgumentError, match="num_samples=0"):
         importance_log_likelihood(vae, x, num_samples=0)
+
+
+def test_active_units_count_the_latents_whose_posterior_mean_varies():
+    torch.manual_seed(0)
+    vae = VAE.mlp(12, 3, [7], "bernoulli", prior=StandardNormal(3))
+    with torch.no_grad():
+        vae.encoder.loc.weight[1:].zero_()  # z2, z3: the same mean for every x
+        vae.encoder.loc.weight[0].mul_(10.0)
+    x = torch.rand(200, 12).bernoulli()
+    assert active_units(vae, x) == 1
+    assert active_units(vae, x, threshold=1e9) == 0
+    # Cov_x(E_q[z_u|x]) over the whole set, whatever the chunks it is computed in
+    loc = vae.encoder(x)[0].detach()
+    want = int((loc.var(dim=0) > 1e-3).sum())
+    assert active_units(vae, x, threshold=1e-3, batch_size=7) == want
+
+
+def test_evaluate_reports_the_active_units_without_moving_the_random_stream():
+    torch.manual_seed(0)
+    vae = VAE.mlp(12, 3, [7], "bernoulli", prior=StandardNormal(3))
+    x = torch.rand(50, 12).bernoulli()
+    result = evaluate(vae, x, num_samples=10, batch_size=20, seed=3)
+    assert result["active_units"] == active_units(vae, x) and result["latent_dim"] == 3
+    torch.manual_seed(3)  # the same draws as before active units were reported
+    assert result["test_elbo"] == mean_elbo(vae, x, 20)
+    ll = importance_log_likelihood(vae, x, 10)
+    assert result["test_log_likelihood"] == ll.mean().item()
+
+
+def test_the_fused_bernoulli_evaluation_draws_and_weighs_as_log_weights():
+    # importance_log_likelihood fuses the MLP decoder's last layer with the Bernoulli
+    # log-density (x.l = h.(W^T x) + b.x, softplus): the same draws, so the same weights up
+    # to float32 rounding (1e-4 relative: sums of ~1000 terms of size ~1 in float32).
+    from pyro_vae.evaluate import _fused_bernoulli
+
+    torch.manual_seed(0)
+    vae = VAE.mlp(30, 4, [16, 8], "bernoulli", prior=StandardNormal(4))
+    with torch.no_grad():
+        vae.decoder.logits.weight.mul_(20.0)  # logits past softplus' threshold (20) too
+    x = torch.rand(6, 30).bernoulli()
+    fused = _fused_bernoulli(vae)
+    assert fused is not None
+    torch.manual_seed(1)
+    got = fused(x, 50)
+    torch.manual_seed(1)
+    want = vae.log_weights(x, 50)
+    assert got.shape == want.shape == (50, 6)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.manual_seed(2)
+    via_evaluate = importance_log_likelihood(vae, x, 50)
+    torch.manual_seed(2)
+    want = torch.logsumexp(vae.log_weights(x, 50), 0) - math.log(50)
+    torch.testing.assert_close(via_evaluate, want, rtol=1e-4, atol=1e-4)
+    # other likelihoods take the general path
+    gauss = VAE.mlp(30, 4, [16], "gaussian", prior=StandardNormal(4))
+    assert _fused_bernoulli(gauss) is None

@@ -35,13 +35,3 @@ def test_monte_carlo_kl_matches_the_closed_form_for_a_gaussian_prior():
     # The estimate averages s * 20 independent draws: 4 standard errors of that mean.
     assert terms["kl"] == pytest.approx(exact.mean().item(), abs=4 * spread / (s * 20) ** 0.5)
     assert terms["test_elbo"] == pytest.approx(terms["reconstruction"] - terms["kl"])
-
-
-def test_active_units_count_the_latents_whose_posterior_mean_varies():
-    vae = make_vae()
-    with torch.no_grad():
-        vae.encoder.loc.weight[1:].zero_()  # z2, z3: the same mean for every x
-        vae.encoder.loc.weight[0].mul_(10.0)
-    x = torch.rand(200, 12).bernoulli()
-    assert study.active_units(vae, x) == 1
-    assert study.active_units(vae, x, threshold=1e9) == 0

@@ -85,6 +85,23 @@ def test_iwae_stages_are_3_to_the_i_epochs_at_lr_times_10_to_the_minus_i_over_7(
     assert lrs[-1] == lrs[IWAE_EPOCHS - 1] == LR * 10**-1  # after the last stage: the last value
 
 
+def test_iwae_squeezed_into_n_epochs_scales_every_stage_and_ends_at_a_tenth():
+    # lr_iwae_epochs=N: stage i ends at epoch (3^(i+1) - 1) / 2 * N / 3280 (exact integers)
+    for total in (1, 7, 100, 1000, IWAE_EPOCHS, 2 * IWAE_EPOCHS):
+        ends = [(3 ** (i + 1) - 1) / 2 * total / IWAE_EPOCHS for i in range(7)]
+        for epoch in range(total + 3):
+            stage = sum(epoch >= end for end in ends)
+            assert iwae_factor(epoch, total) == 10 ** (-stage / 7), (total, epoch)
+        assert iwae_factor(total - 1, total) == 10**-1 or total < 3  # the last stage is reached
+    lrs, _ = lrs_of(LRSchedule.named("iwae", iwae_epochs=1000), 1000)
+    assert lrs[-1] == LR * 10**-1 and lrs[0] == LR
+    assert sorted(lrs, reverse=True) == lrs  # never rises
+    # the default is Burda et al.'s own schedule, value for value
+    assert [iwae_factor(e, IWAE_EPOCHS) for e in range(3300)] == [
+        iwae_factor(e) for e in range(3300)
+    ]
+
+
 def test_every_optimiser_of_the_method_is_scheduled():
     _, opts = lrs_of(LRSchedule.named("step", gamma=0.5, step_epochs=1), 3, optimizers=2)
     assert [o.param_groups[0]["lr"] for o in opts] == [LR * 0.5**3] * 2
@@ -205,6 +222,7 @@ def test_sigkill_mid_schedule_then_resume_is_bit_identical(bars_path, tmp_path, 
         ("lr_gamma=1.5", "lr_gamma=1.5 is not allowed: expected a number in (0, 1]"),
         ("lr_step_epochs=0", "lr_step_epochs=0 is not allowed: expected an integer >= 1"),
         ("lr_min=-1", "lr_min=-1.0 is not allowed: expected a finite number >= 0"),
+        ("lr_iwae_epochs=0", "lr_iwae_epochs=0 is not allowed: expected an integer >= 1"),
     ],
 )
 def test_bad_schedule_values_are_refused_by_name(tiny_cfg, override, message):
@@ -220,12 +238,19 @@ def test_cosine_refuses_an_lr_min_not_below_the_step_size(tiny_cfg):
 
 
 def test_the_schedule_keys_are_not_resumable(tiny_cfg):
-    for key in ("lr_schedule", "lr_gamma", "lr_step_epochs", "lr_min"):
+    for key in ("lr_schedule", "lr_gamma", "lr_step_epochs", "lr_min", "lr_iwae_epochs"):
         assert key not in pyro_vae.config.RESUMABLE_KEYS
 
 
 @pytest.mark.parametrize(
-    "change", ["lr_schedule=exponential", "lr_gamma=0.2", "lr_step_epochs=2", "lr_min=0.001"]
+    "change",
+    [
+        "lr_schedule=exponential",
+        "lr_gamma=0.2",
+        "lr_step_epochs=2",
+        "lr_min=0.001",
+        "lr_iwae_epochs=2",
+    ],
 )
 def test_resume_refuses_a_changed_schedule(tiny_cfg, tmp_path, change):
     run_training(tiny_cfg("epochs=1", "lr_schedule=step"))
@@ -274,6 +299,7 @@ def test_the_python_api_takes_a_name_a_factor_or_a_torch_scheduler(bars, tmp_pat
         ({"lr_schedule": 3}, "lr_schedule=3 is not allowed"),
         ({"lr_schedule": "step", "lr_gamma": 2.0}, "lr_gamma=2.0 is not allowed"),
         ({"lr_schedule": "step", "lr_step_epochs": 0}, "lr_step_epochs=0 is not allowed"),
+        ({"lr_schedule": "iwae", "lr_iwae_epochs": 0}, "lr_iwae_epochs=0 is not allowed"),
         ({"lr_schedule": "cosine", "lr_min": 0.1}, "lr_min=0.1 is not allowed"),
     ],
 )
@@ -324,3 +350,39 @@ def test_every_schedule_name_is_documented():
         assert name in help_text and f"`{name}`" in readme
     for key in ("lr_schedule", "lr_gamma", "lr_step_epochs", "lr_min"):
         assert key in help_text and f"`{key}`" in readme
+
+
+# --- the iwae presets --------------------------------------------------------------------------
+
+
+def test_the_iwae_preset_is_burda_et_al_section_5():
+    cfg = compose_config(["+experiment=iwae"])
+    assert (cfg.hidden_dims, cfg.latent_dim, cfg.activation) == ([200, 200], 50, "tanh")
+    assert cfg.optim.name == "adam" and list(cfg.optim.betas) == [0.9, 0.999]
+    assert (cfg.optim.eps, cfg.lr, cfg.batch_size) == (1e-4, 1e-3, 20)
+    assert (cfg.lr_schedule, cfg.epochs, cfg.lr_iwae_epochs) == ("iwae", IWAE_EPOCHS, 3280)
+    assert (cfg.dataset.name, cfg.dataset.binarize, cfg.dataset.train_size) == (
+        "mnist",
+        "dynamic",
+        None,
+    )
+    assert cfg.eval_num_samples == 5000
+    cpu = compose_config(["+experiment=iwae_cpu"])
+    assert (cpu.batch_size, cpu.fast) == (100, True)
+    assert {k: v for k, v in cpu.items() if k not in ("batch_size", "fast")} == {
+        k: v for k, v in cfg.items() if k not in ("batch_size", "fast")
+    }
+    squeezed = compose_config(["+experiment=iwae_cpu", "epochs=100", "lr_iwae_epochs=100"])
+    assert (squeezed.epochs, squeezed.lr_iwae_epochs) == (100, 100)
+
+
+def test_a_run_kept_with_its_last_snapshot_only_still_evaluates(tiny_cfg, tmp_path):
+    run_training(tiny_cfg("epochs=2"))
+    run = RunDir(tmp_path / "run")
+    before = pyro_vae.evaluate_run(run.path, num_samples=3)
+    for name in ("last.pt", "last.prev.pt", "epoch_0000.pt", "epoch_0001.pt"):
+        (run.checkpoint_dir / name).unlink(missing_ok=True)
+    assert [e for e, _ in run.snapshots()] == [2]
+    after = pyro_vae.evaluate_run(run.path, num_samples=3)
+    assert after["evaluated_checkpoint"] == "epoch_0002.pt"
+    assert after["test_log_likelihood"] == before["test_log_likelihood"]

@@ -69,6 +69,7 @@ TRAIN_KEYS = (
     "lr_gamma",
     "lr_step_epochs",
     "lr_min",
+    "lr_iwae_epochs",
 )
 
 

@@ -152,6 +152,7 @@ class Config:
     )  # exponential: lr * gamma^epoch; step: x gamma every lr_step_epochs
     lr_step_epochs: int = key(10, integer(1))  # step
     lr_min: float = key(0.0, positive(allow_zero=True))  # cosine: the last epochs' step size
+    lr_iwae_epochs: int = key(3280, integer(1))  # iwae: its stages scaled to this many epochs
     mcem: MCEMConfig = field(default_factory=MCEMConfig)
     eval_batch_size: int = key(1000, integer(1))
     checkpoint_every: int = key(1, integer(1))  # epochs between checkpoints

@@ -88,6 +88,7 @@ def train(
     lr_gamma: float = 0.1,
     lr_step_epochs: int = 10,
     lr_min: float = 0.0,
+    lr_iwae_epochs: int = 3280,
     resume: bool = False,
     overwrite: bool = False,
     config: Mapping[str, Any] | None = None,
@@ -129,6 +130,8 @@ def train(
             ``LRSchedule.from_scheduler(optimizer -> scheduler)``, built for each optimiser.
             Its state is in the checkpoints: a resumed run continues it exactly.
         lr_gamma, lr_step_epochs, lr_min: the named schedules' settings (see above).
+        lr_iwae_epochs: ``"iwae"`` squeezed into this many epochs, each stage scaled by
+            lr_iwae_epochs / 3280 (a shorter budget that still ends at lr * 10^-1).
         resume / overwrite: continue the unfinished run in ``run_dir`` / retrain it.
         config: what to record as ``config.yaml`` (the command line passes its resolved
             configuration); by default the arguments of this call and the model's settings.
@@ -138,7 +141,11 @@ def train(
     run = RunDir(run_dir)
     _check_settings(epochs, num_samples, batch_size, snapshots, checkpoint_every)
     schedule = LRSchedule.build(
-        lr_schedule, gamma=lr_gamma, step_epochs=lr_step_epochs, lr_min=lr_min
+        lr_schedule,
+        gamma=lr_gamma,
+        step_epochs=lr_step_epochs,
+        lr_min=lr_min,
+        iwae_epochs=lr_iwae_epochs,
     )
     if lr_schedule == "cosine" and isinstance(method, str) and isinstance(optimizer, str):
         lowest = min(lr_search) if lr_search else lr
@@ -381,6 +388,7 @@ def _default_record(args: dict[str, Any], vae: VAE, data: RunData) -> dict[str, 
         "lr_gamma": args["lr_gamma"],
         "lr_step_epochs": args["lr_step_epochs"],
         "lr_min": args["lr_min"],
+        "lr_iwae_epochs": args["lr_iwae_epochs"],
         "eval_batch_size": args["eval_batch_size"],
         "checkpoint_every": args["checkpoint_every"],
         "checkpoint_every_steps": args["checkpoint_every_steps"],
