@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from priors_study import active_units, elbo_terms, mean_se, sample_overview, train_timed
+from priors_study import elbo_terms, mean_se, sample_overview, train_timed
 
-from pyro_vae import importance_log_likelihood, load_run
+from pyro_vae import active_units, importance_log_likelihood, load_run
 from pyro_vae.cli import configure_logging, parse_key_values
 from pyro_vae.plots import plot_samples
 

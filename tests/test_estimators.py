@@ -273,6 +273,7 @@ def test_dreg_gradients_follow_the_formula():
         ({"name": "sgvb_a"}, 1, 200),
         ({"name": "sgvb_b"}, 1, 200),
         ({"name": "stl"}, 1, 200),
+        ({"name": "iwae_stl"}, 1, 200),  # at K=1 the IWAE bound is the ELBO
         ({"name": "score_function", "baseline": "none"}, 1, 400),
         ({"name": "score_function", "baseline": "batch"}, 1, 400),
         ({"name": "score_function", "baseline": "particles"}, 2, 400),
@@ -321,7 +322,7 @@ def test_stl_and_dreg_encoder_gradients_vanish_at_the_exact_posterior():
     x, idx = lg.x[:5], torch.arange(5)
     exact_phi = flat(torch.autograd.grad(lg.exact_bound(x), lg.encoder))
     assert exact_phi.abs().max() < 1e-10
-    for name, k in [("stl", 1), ("dreg", 3)]:
+    for name, k in [("stl", 1), ("dreg", 3), ("iwae_stl", 3)]:
         _, g = grads(
             build_estimator({"name": name}, k), lg.model, lg.guide, lg.encoder, x, idx, seed=0
         )

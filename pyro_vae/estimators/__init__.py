@@ -16,6 +16,7 @@ is per datapoint.
 ``score_function`` REINFORCE, optionally with a leave-one-out baseline
 ``iwae``           the importance-weighted bound (Burda et al. 2015), K = num_particles
 ``stl``            sticking the landing (Roeder et al. 2017)
+``iwae_stl``       the IWAE bound with STL's encoder gradient (biased for K > 1)
 ``dreg``           doubly reparameterised IWAE gradients (Tucker et al. 2018)
 ``vimco``          the multi-sample score function with a leave-one-out baseline
                    (Mnih & Rezende 2016), K = num_particles >= 2
