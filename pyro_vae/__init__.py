@@ -9,13 +9,21 @@ The Python API, with plain arguments (no Hydra, no OmegaConf)::
     summary = pyro_vae.train(vae, x, "runs/mine", test=x_test, estimator="stl", epochs=5)
     pyro_vae.evaluate(vae, x_test, num_samples=1000)          # ELBO and importance-sampled log p(x)
     loaded = pyro_vae.load_run("runs/mine")                   # the model back, at a checkpoint
+    pyro_vae.export_model("runs/mine", "exported")            # plain torch modules, no pyro-vae
 
 The command line (``pyro-vae train key=value ...``, :mod:`pyro_vae.config`) is a thin
 layer that turns a configuration into these same objects.
 """
 
 from .conv import ConvDecoder, ConvEncoder
-from .data import Dataset, Minibatches, RunData, load_dataset, tensor_dataset
+from .data import (
+    Dataset,
+    Minibatches,
+    RunData,
+    load_dataset,
+    tensor_dataset,
+    tensor_from_torch_data,
+)
 from .errors import (
     ArgumentError,
     CheckpointError,
@@ -60,13 +68,22 @@ from .priors import (
     build_prior,
 )
 from .runs import LoadedRun, evaluate_run, load_data, load_run, plot_run
-from .training import Callback, RunDir, Trainer, TrainingPosition, train
+from .training import (
+    Callback,
+    MLflowLogger,
+    RunDir,
+    TensorBoardLogger,
+    Trainer,
+    TrainingPosition,
+    train,
+)
 from .version import __version__
 
-# The variance lab and run comparison: loaded on first use.
+# The variance lab, run comparison and export: loaded on first use.
 _LAZY = {
     "compare_runs": "compare",
     "estimator_variance": "variance",
+    "export_model": "export",
     "gradient_statistics": "variance",
     "gradient_variance": "variance",
     "variance_lab": "variance",
@@ -115,6 +132,7 @@ __all__ = [
     "GaussianEncoder",
     "Likelihood",
     "LoadedRun",
+    "MLflowLogger",
     "Minibatches",
     "MixtureOfGaussians",
     "NonFiniteError",
@@ -124,6 +142,7 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "StandardNormal",
+    "TensorBoardLogger",
     "Trainer",
     "TrainingError",
     "TrainingInterrupted",
@@ -148,6 +167,7 @@ __all__ = [
     "plot_figures",
     "plot_run",
     "tensor_dataset",
+    "tensor_from_torch_data",
     "train",
     *_LAZY,
 ]

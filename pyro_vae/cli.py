@@ -3,6 +3,7 @@
     pyro-vae train [key=value ...] [-m]     train (Hydra overrides; -m for a sweep)
     pyro-vae evaluate RUN_DIR [key=value]   test ELBO and importance-sampled log p(x)
     pyro-vae plot RUN_DIR [key=value]       the run's figures
+    pyro-vae export RUN_DIR [key=value]     the decoder/encoder as plain torch modules
     pyro-vae variance RUN_DIR [key=value]   gradient variance of the ELBO estimators
 
 ``train`` is a Hydra application: ``pyro-vae train --help`` lists the config groups and
@@ -32,6 +33,11 @@ commands:
                                        checkpoint (last.pt), device, seed
   plot RUN_DIR [key=value]       ELBO curves, 2-D manifold, samples, reconstructions
                                  keys: checkpoint (last.pt)
+  export RUN_DIR [key=value]     the trained decoder and/or encoder as plain torch modules,
+                                 loaded without pyro-vae (a state dict or torch.export
+                                 program, export.json, and the loader vae_export.py)
+                                 keys: out (RUN_DIR/export), part (both | decoder | encoder),
+                                       checkpoint (last.pt)
   compare RUN_DIR... [out=PATH]  table and overlaid ELBO curves of any runs (directories,
                                  globs, or a sweep directory); out: figure (compare.png),
                                  the table is also written beside it as .csv
@@ -49,6 +55,7 @@ examples:
   pyro-vae train --cfg job                          # show the configuration
   pyro-vae evaluate runs/mnist/2026-01-01_12-00-00 num_samples=5000
   pyro-vae variance runs/mnist/2026-01-01_12-00-00 checkpoints=all num_particles=1,10
+  pyro-vae export runs/mnist/2026-01-01_12-00-00 out=mnist_decoder part=decoder
 """
 
 # Errors a user can fix from the message alone: printed without a traceback (exit code 2).
@@ -195,6 +202,25 @@ def cmd_plot(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_export(args: Sequence[str]) -> int:
+    from .export import export_model
+
+    run_dir, rest = _split_run_dir(args, "export")
+    opts = parse_key_values(rest, {"out": str, "part": str, "checkpoint": str}, "export")
+    out = Path(opts.pop("out", None) or Path(run_dir) / "export")
+    manifest = export_model(run_dir, out, **opts)
+    for path in manifest["files"]:
+        print(path)
+    parts = manifest["parts"]
+    formats = ", ".join(f"{name}: {entry['format']}" for name, entry in parts.items())
+    loads = " | ".join(f"vae_export.load_{name}()" for name in parts)
+    print(
+        f"exported {formats} from {manifest['checkpoint']}; without pyro-vae: "
+        f"sys.path.insert(0, {str(out)!r}); import vae_export; {loads}"
+    )
+    return 0
+
+
 def cmd_compare(args: Sequence[str]) -> int:
     from .compare import compare_runs
 
@@ -224,6 +250,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "plot": cmd_plot,
+    "export": cmd_export,
     "compare": cmd_compare,
     "variance": cmd_variance,
 }

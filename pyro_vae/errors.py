@@ -78,6 +78,11 @@ class ChecksumError(DataError):
     """A present data file does not match its known checksum (corrupt, truncated or different)."""
 
 
+class MissingPackageError(PyroVAEError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra
+    that installs it (``pip install -e ".[mlflow]"``)."""
+
+
 class RunDirError(PyroVAEError, RuntimeError):
     """A run directory that cannot be used as asked (missing, unfinished, locked, unwritable)."""
 

@@ -22,6 +22,7 @@ from .evaluate import evaluate
 from .likelihoods import get_likelihood
 from .model import VAE
 from .plots import FIGURES, elbo_title, plot_figures
+from .training.loggers import log_evaluation
 from .training.rundir import LAST_CHECKPOINT, RunDir
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -141,7 +142,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Test ELBO and importance-sampled log p(x) of a run (:func:`~pyro_vae.evaluate.evaluate`
     with K = ``num_samples``, default the run's ``eval_num_samples``); written into its
-    summary.json. ``vae``: the model to load the run into (a model of your own)."""
+    summary.json, and logged (``evaluate/<key>``) to the TensorBoard directory and MLflow run
+    the run was trained with (``logger=...``), if any. ``vae``: the model to load the run
+    into (a model of your own)."""
     loaded = load_run(run_dir, checkpoint=checkpoint, device=device, vae=vae)
     cfg = loaded.cfg
     k = int(num_samples or cfg.get("eval_num_samples", 1000))
@@ -160,6 +163,7 @@ def evaluate_run(
     checkpoint = checkpoint_to_load(loaded.run, checkpoint)
     result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
     loaded.run.update_summary(**result)
+    log_evaluation(loaded.run, result)
     return result
 
 

@@ -26,13 +26,15 @@ from ..methods.base import TrainingMethod
 from ..model import VAE
 from ..optim import optimizer_factory
 from ..runs import load_data, resolve_device
+from ..training.loggers import build_loggers
 from ..training.rundir import RunDir
 from ..training.session import finished_summary, train
 from .validate import as_plain, prior_spec, validate_config
 
 # Keys a resumed run may take from the command line; every other key comes from the
 # run's own config.yaml, so a resumed run is the same experiment. (skip_nonfinite changes
-# nothing unless a step is non-finite, where the run would otherwise stop.)
+# nothing unless a step is non-finite, where the run would otherwise stop; logger, and every
+# key under it, only records what is computed.)
 RESUMABLE_KEYS = frozenset(
     {
         "epochs",
@@ -45,8 +47,12 @@ RESUMABLE_KEYS = frozenset(
         "skip_nonfinite",
         "device",
         "data_dir",
+        "logger",
     }
 )
+# Config groups added after runs were first written, whose default is to be absent: a run
+# resumed from an older config.yaml takes the current default.
+_ADDED_GROUPS = frozenset({"logger"})
 _CONTROL_KEYS = frozenset({"run_dir", "resume", "overwrite"})
 
 #: Keys of the configuration that are arguments of :func:`pyro_vae.train` as they are.
@@ -95,6 +101,7 @@ class Experiment:
             resume=resume,
             overwrite=overwrite,
             config=self.cfg,
+            callbacks=build_loggers(self.cfg.get("logger")),
             **settings,
         )
 
@@ -227,7 +234,7 @@ def resumed_config(
     cfg = as_plain(saved)
     # Keys added to pyro-vae after the run was written take their current default.
     for key, value in requested.items():
-        if key not in saved and not isinstance(value, dict):
+        if key not in saved and (not isinstance(value, dict) or key in _ADDED_GROUPS):
             cfg[key] = value
     keys = list(requested) if overrides is None else _overridden_keys(overrides)
     changed = []
@@ -235,7 +242,7 @@ def resumed_config(
         if key in _CONTROL_KEYS:
             continue
         new, old = _select(requested, key), _select(saved, key)
-        if key in RESUMABLE_KEYS:
+        if key.partition(".")[0] in RESUMABLE_KEYS:  # logger.mlflow.experiment too
             _update(cfg, key, new)
         elif new != old:
             changed.append(f"{key}: run has {old!r}, command line asks {new!r}")

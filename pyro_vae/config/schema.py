@@ -12,7 +12,9 @@ The config groups (``dataset``, ``likelihood``, ``network``, ``prior``, ``estima
 ``optim``) are typed ``Any``: their keys depend on the choice (a prior's or a likelihood's
 are the parameters of its ``_target_``); each
 group's YAML files in ``conf/<group>`` declare them, and validation checks a configuration
-against the defaults of the chosen files.
+against the defaults of the chosen files. ``logger`` is a group of which none, one or
+several options are chosen (``logger=[tensorboard,mlflow]``): each adds its own node
+(``logger.tensorboard``, ``logger.mlflow``), so it is a mapping, empty by default.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -175,6 +177,8 @@ class Config:
     prior: Any = MISSING
     estimator: Any = MISSING
     optim: Any = MISSING
+    # Experiment trackers, none or several (logger=[tensorboard,mlflow]): one node each
+    logger: Dict[str, Any] = field(default_factory=dict)
 
 
 GROUPS = ("dataset", "likelihood", "network", "prior", "estimator", "optim")
@@ -212,6 +216,22 @@ OPTIM_KEYS: dict[str, Allowed] = {
     ),
     "eps": positive(),
 }
+
+
+TEXT = Allowed("a non-empty string", lambda v: isinstance(v, str) and bool(v))
+
+#: Allowed values of the keys of each logger (``logger.<name>.<key>``; conf/logger/*.yaml
+#: declares which keys each has).
+LOGGER_KEYS: dict[str, Allowed] = {
+    "every_steps": integer(1),
+    "log_dir": PATH,
+    "images": BOOL,
+    "tracking_uri": TEXT,
+    "experiment": TEXT,
+    "run_name": TEXT,
+    "artifacts": BOOL,
+}
+NULLABLE_LOGGER_KEYS = ("tracking_uri", "run_name")
 
 
 def allowed(dataclass_type: type, name: str) -> tuple[Allowed | None, bool]:

@@ -30,12 +30,16 @@ from ..methods.base import prior_depends_on
 from ..model import check_network
 from ..networks import GaussianEncoder
 from ..priors import build_prior
+from ..training.loggers import build_loggers
 from . import schema
 
 CONF_DIR = Path(__file__).parent / "conf"
 CONFIG_NAME = "config"
 # Presets chosen with ``+group=name``: they set other keys and leave no node of their own.
 PRESET_GROUPS = ("experiment",)
+# Groups of which none, one or several options are chosen (``logger=[tensorboard,mlflow]``),
+# each option a node of its own under the group's (``logger.tensorboard``), with no ``name``.
+MULTI_GROUPS = ("logger",)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -83,11 +87,12 @@ def config_choices(group: str) -> list[str]:
 
 
 def config_groups() -> list[str]:
-    """The config groups (``dataset``, ``optim``, ...): each node has a ``name`` key."""
+    """The config groups (``dataset``, ``optim``, ...): each node has a ``name`` key. (Not
+    the presets, nor ``logger``, whose options are chosen several at once.)"""
     return sorted(
         p.name
         for p in CONF_DIR.iterdir()
-        if p.is_dir() and any(p.glob("*.yaml")) and p.name not in PRESET_GROUPS
+        if p.is_dir() and any(p.glob("*.yaml")) and p.name not in PRESET_GROUPS + MULTI_GROUPS
     )
 
 
@@ -222,6 +227,7 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
         raise ConfigError.refuse("device", "cuda", "cpu or auto: no CUDA device is available here")
     _check_group(plain["dataset"], "dataset", schema.DATASET_KEYS)
     _check_group(plain["optim"], "optim", schema.OPTIM_KEYS)
+    _check_loggers(plain["logger"])
     prior, encoder = build_prior_for_validation(plain["prior"], plain["latent_dim"])
     _within("likelihood", build_likelihood, plain["likelihood"])
     _within("network", check_network, plain["network"])
@@ -251,6 +257,39 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
         _check_fields(plain["mcem"], schema.MCEMConfig, "mcem.")
     _validated.add(canonical)
     return plain
+
+
+def _check_loggers(node: Any) -> None:
+    """``logger``: a mapping of chosen loggers (conf/logger/*.yaml) to their settings, each
+    with the keys of its file and allowed values, and its package installed (else a
+    MissingPackageError naming the extra that installs it, before any work)."""
+    choices = config_choices("logger")
+    if not isinstance(node, dict):
+        allowed = f"loggers chosen with logger=NAME or logger=[NAME,...], NAME in {choices}"
+        raise ConfigError.refuse("logger", node, allowed)
+    for name, settings in node.items():
+        _check_name("logger", name, choices)
+        shipped = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "logger" / f"{name}.yaml"))
+        want = shipped[name]
+        if not isinstance(settings, dict):
+            raise ConfigError.refuse(f"logger.{name}", settings, f"a mapping of {sorted(want)}")
+        for key in settings:
+            if key not in want:
+                close = difflib.get_close_matches(str(key), list(want), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(
+                    f"unknown key 'logger.{name}.{key}'; {hint}logger={name} has {sorted(want)}"
+                )
+        for key in want:
+            if key not in settings:
+                raise ConfigError(f"key logger.{name}.{key} is missing from the configuration")
+            value = settings[key]
+            if value is None and key in schema.NULLABLE_LOGGER_KEYS:
+                continue
+            check = schema.LOGGER_KEYS.get(key)
+            if check is not None and not check.ok(value):
+                raise ConfigError.refuse(f"logger.{name}.{key}", value, check.describe(value))
+    build_loggers(node)  # the packages, imported (nothing is written or contacted)
 
 
 def prior_spec(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,11 +394,24 @@ def _check_override_keys(overrides: Sequence[str]) -> None:
         if key in groups:
             _check_name(key, value, config_choices(key))
             chosen.append(o)
+        if key in MULTI_GROUPS:  # logger=tensorboard, logger=[tensorboard,mlflow], logger=[]
+            for name in value.strip().removeprefix("[").removesuffix("]").split(","):
+                if name.strip():
+                    _check_name(key, name.strip(), config_choices(key))
+            chosen.append(o)
     defaults = _defaults(tuple(chosen))
     known = _flat_keys(defaults)
     for o in overrides:
         key = o.partition("=")[0]
         if key not in groups and not key.startswith(("+", "~")) and key not in known:
+            group, _, rest = key.partition(".")
+            option = rest.partition(".")[0]
+            chosen_option = f"{group}.{option}" in known
+            if group in MULTI_GROUPS and option in config_choices(group) and not chosen_option:
+                raise ConfigError(
+                    f"{key} is a key of {group}={option}, which is not chosen: add "
+                    f"{group}={option} (or {group}=[{option},...])"
+                )
             raise _unknown_key(key, defaults)
 
 

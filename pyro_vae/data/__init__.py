@@ -11,6 +11,8 @@
 - :mod:`.batches`: :class:`Minibatches` and the seeded Bernoulli draws that binarise grey levels.
 - :mod:`.prepared`: :class:`RunData`, a dataset as a model trains on it (checked against the
   likelihood, binarised, on a device), and :func:`tensor_dataset` for tensors given in Python.
+- :mod:`.torch_data`: a user's ``torch.utils.data.Dataset`` or ``DataLoader`` (torchvision's
+  datasets) as tensors: :func:`tensor_from_torch_data`, :func:`torch_dataset`.
 
 Nothing here imports the model, estimators or trainer (only :mod:`pyro_vae.errors` and
 :mod:`pyro_vae.atomic`): data come first in the chain.
@@ -34,6 +36,7 @@ from .download import MIRROR_ENV
 from .images import read_cifar_batch, read_omniglot
 from .prepared import RunData, prepare_data, tensor_dataset
 from .synthetic import LinearGaussian, linear_gaussian_data
+from .torch_data import TorchData, is_torch_data, tensor_from_torch_data, torch_dataset
 
 __all__ = [
     "DATASET_NAMES",
@@ -47,9 +50,11 @@ __all__ = [
     "LinearGaussian",
     "Minibatches",
     "RunData",
+    "TorchData",
     "bernoulli_draw",
     "binarize",
     "check_data_for_likelihood",
+    "is_torch_data",
     "linear_gaussian_data",
     "load_dataset",
     "prepare_data",
@@ -58,4 +63,6 @@ __all__ = [
     "read_omniglot",
     "resolve_data_dir",
     "tensor_dataset",
+    "tensor_from_torch_data",
+    "torch_dataset",
 ]

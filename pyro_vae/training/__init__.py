@@ -4,6 +4,8 @@
   training stands, saved as a unit) and :class:`Callback` (the points side effects hook into).
 - :mod:`.hooks`: the callbacks: step-size search, run record, signals, progress bar,
   snapshots, metrics, checkpoints, the non-finite policy.
+- :mod:`.loggers`: experiment tracking (:class:`TensorBoardLogger`, :class:`MLflowLogger`),
+  callbacks that never change or stop a run.
 - :mod:`.rundir`: :class:`RunDir`, the files of one run (atomic writes, a lock, checksummed
   checkpoints).
 
@@ -23,6 +25,7 @@ from .hooks import (
     StopOnSignals,
     snapshot_epochs,
 )
+from .loggers import MLflowLogger, TensorBoardLogger, TrackingLogger, build_loggers
 from .loop import Callback, Trainer, TrainingPosition
 from .rundir import LAST_CHECKPOINT, PREVIOUS_CHECKPOINT, RunDir, snapshot_name
 from .session import SNAPSHOT_SCHEDULES, train
@@ -33,6 +36,7 @@ __all__ = [
     "SNAPSHOT_SCHEDULES",
     "Callback",
     "Checkpoints",
+    "MLflowLogger",
     "MetricsLog",
     "NonFinitePolicy",
     "ProgressBar",
@@ -41,8 +45,11 @@ __all__ = [
     "Snapshots",
     "StepSizeSearch",
     "StopOnSignals",
+    "TensorBoardLogger",
+    "TrackingLogger",
     "Trainer",
     "TrainingPosition",
+    "build_loggers",
     "snapshot_epochs",
     "snapshot_name",
     "train",

@@ -12,7 +12,10 @@ at five points:
   this is where a run may stop or write a mid-epoch checkpoint;
 - ``on_period_end``: after an epoch's (or the final part epoch's) evaluation, with the
   metrics row (after an epoch's end, the step-size schedule has already taken its step);
-- ``on_fit_end``: always, also when training raised.
+- ``on_fit_end``: always, also when training raised;
+- ``on_run_end``: called by :func:`pyro_vae.train` (not by :meth:`Trainer.fit`) when a run
+  has trained and ended: its summary.json written and its figures plotted (what experiment
+  trackers, :mod:`pyro_vae.training.loggers`, record last).
 
 Where training stands is one :class:`TrainingPosition`, saved and restored as a unit with
 the model, the method (its optimisers), the step-size schedule and the random state
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -89,6 +94,9 @@ class Callback:
     def on_fit_end(self, trainer: Trainer) -> None:
         pass
 
+    def on_run_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        pass
+
     def on_nonfinite(self, trainer: Trainer, error: NonFiniteError) -> bool:
         """A step was refused as non-finite; True if handled (skipped), else it is raised."""
         return False
@@ -111,6 +119,7 @@ class Trainer:
         describe: the run in a few words for messages (``method=aevb, estimator=stl``).
         schedule: the step-size schedule over the method's optimisers, stepped at every
             epoch's end (None: the optimisers' step size throughout).
+        run_dir: the run directory the callbacks write into, where there is one.
     """
 
     def __init__(
@@ -126,6 +135,7 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         describe: str = "",
         schedule: LRSchedule | None = None,
+        run_dir: str | os.PathLike | None = None,
     ):
         self.method, self.vae = method, method.vae
         self.batches, self.test = batches, test
@@ -138,6 +148,7 @@ class Trainer:
         self.summary: dict[str, Any] = {}
         self.position = TrainingPosition()
         self.schedule = schedule
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self._saved_schedule: dict[str, Any] | None = None  # restored at the start of fit
         self.device = test.device
         self._start_wall = time.perf_counter()

@@ -28,7 +28,15 @@ from typing import Any
 import torch
 from pyro.infer import ELBO
 
-from ..data import Dataset, Minibatches, RunData, prepare_data, tensor_dataset
+from ..data import (
+    Dataset,
+    Minibatches,
+    RunData,
+    TorchData,
+    is_torch_data,
+    prepare_data,
+    torch_dataset,
+)
 from ..errors import ArgumentError, TrainingInterrupted, refuse
 from ..methods import build_method
 from ..methods.base import TrainingMethod
@@ -55,10 +63,10 @@ SNAPSHOT_SCHEDULES = ("log", "all", "none")
 
 def train(
     vae: VAE,
-    data: torch.Tensor | Dataset | RunData,
+    data: torch.Tensor | Dataset | RunData | TorchData,
     run_dir: str | os.PathLike,
     *,
-    test: torch.Tensor | None = None,
+    test: torch.Tensor | TorchData | None = None,
     method: str | TrainingMethod = "aevb",
     estimator: str | ELBO = "trace_elbo",
     num_particles: int = 1,
@@ -100,9 +108,14 @@ def train(
         vae: the model (:class:`~pyro_vae.model.VAE`, any networks and prior); its
             ``num_data`` is set to the training set's size when unset.
         data: training data [N, D] (or [N, H, W]), a :class:`~pyro_vae.data.Dataset`
-            (``load_dataset("mnist")``), or prepared :class:`RunData`; moved to the
+            (``load_dataset("mnist")``), prepared :class:`RunData`, or a
+            ``torch.utils.data.Dataset``/``DataLoader`` (torchvision's datasets: items are
+            arrays or (image, target) tuples; :mod:`pyro_vae.data.torch_data`), read into
+            memory once: a loader's own batching and shuffling are not used, as minibatches
+            are drawn here, seeded, so that a run resumes bit for bit; moved to the
             model's device.
-        test: test data when ``data`` is a tensor (else the training data are evaluated).
+        test: test data (a tensor or torch data) when ``data`` is a tensor or torch data
+            (else the training data are evaluated).
         method: ``"aevb"``, ``"wake_sleep"``, ``"mcem"`` or a method object (then
             ``estimator``, ``num_particles``, ``optimizer``, ``lr``, ``weight_decay``,
             ``clip_grad_norm`` and ``fast`` are the object's business).
@@ -135,7 +148,8 @@ def train(
         resume / overwrite: continue the unfinished run in ``run_dir`` / retrain it.
         config: what to record as ``config.yaml`` (the command line passes its resolved
             configuration); by default the arguments of this call and the model's settings.
-        callbacks: more side effects, called after the built-in ones.
+        callbacks: more side effects, called after the built-in ones (experiment tracking:
+            :class:`~pyro_vae.training.loggers.TensorBoardLogger`, ``MLflowLogger``).
     """
     arguments = dict(locals())
     run = RunDir(run_dir)
@@ -207,6 +221,7 @@ def train(
         meta=data.meta(),
         describe=getattr(method, "description", type(method).__name__),
         schedule=schedule,
+        run_dir=run.path,
     )
     with run.lock():
         if overwrite:
@@ -221,6 +236,9 @@ def train(
             logger.warning("plotting failed (%s: %s)", type(e).__name__, e)
         finally:
             vae.train(mode)
+    if trained:  # after the figures, which experiment trackers record
+        for callback in hooks:
+            callback.on_run_end(trainer, summary)
     return summary
 
 
@@ -310,8 +328,8 @@ def _fit(
 
 
 def _as_run_data(
-    data: torch.Tensor | Dataset | RunData,
-    test: torch.Tensor | None,
+    data: torch.Tensor | Dataset | RunData | TorchData,
+    test: torch.Tensor | TorchData | None,
     vae: VAE,
     device: torch.device,
     *binarization: Any,
@@ -320,12 +338,13 @@ def _as_run_data(
         if test is not None:
             raise ArgumentError("test= is for tensors; prepared RunData carry their test set")
         return data
-    if isinstance(data, torch.Tensor):
-        data = tensor_dataset(data, test)
+    if isinstance(data, torch.Tensor) or is_torch_data(data):
+        data = torch_dataset(data, test)  # tensor_dataset(data, test) for tensors
     elif test is not None:
-        raise ArgumentError("test= is for tensors; a Dataset carries its test set")
+        raise ArgumentError("test= is for tensors and torch data; a Dataset carries its test set")
     if not isinstance(data, Dataset):
-        raise refuse("data", type(data).__name__, "a tensor, a Dataset or RunData")
+        allowed = "a tensor, a Dataset, RunData or a torch Dataset/DataLoader"
+        raise refuse("data", type(data).__name__, allowed)
     binarize_train, binarize_test, seed = binarization
     return prepare_data(
         data,
