@@ -122,14 +122,18 @@ def train(
         estimator: for AEVB, a name (:func:`~pyro_vae.estimators.build_estimator`) or an
             ELBO object.
         optimizer: ``"adam"``, ``"adagrad"``, or parameters -> torch optimiser.
-        epochs / num_samples: how long (``num_samples`` training points, when given).
+        epochs: how long, in epochs.
+        num_samples: how long, in training points evaluated (instead of ``epochs``, when
+            given).
         binarize: ``"dynamic"`` draws a fresh Bernoulli sample of each minibatch (grey-level
             data under a Bernoulli likelihood), ``"fixed"`` one sample of the training set
             (``binarize_seed``), ``"none"`` trains on the data as they are.
         test_binarize: ``"fixed"`` evaluates on one Bernoulli sample of the test set (the
             command line's default for MNIST), ``"none"`` on the data as they are.
-        checkpoint_every(_steps, _seconds), snapshots, skip_nonfinite, progress, plots,
-        lr_search, lr_search_steps: as the command line's keys of the same names.
+        checkpoint_every: as the command line's key of the same name, and so are
+            ``checkpoint_every_steps``, ``checkpoint_every_seconds``, ``snapshots``,
+            ``skip_nonfinite``, ``progress``, ``plots``, ``lr_search`` and
+            ``lr_search_steps``.
         lr_schedule: the step size epoch by epoch, applied to every optimiser of the method
             and stepped once at each epoch's end (the lr of each epoch is ``lr`` in
             metrics.jsonl; the step-size search picks the base step size first, which the
@@ -142,10 +146,12 @@ def train(
             ``functools.partial`` of one (``partial(StepLR, step_size=2)``), or
             ``LRSchedule.from_scheduler(optimizer -> scheduler)``, built for each optimiser.
             Its state is in the checkpoints: a resumed run continues it exactly.
-        lr_gamma, lr_step_epochs, lr_min: the named schedules' settings (see above).
+        lr_gamma: the named schedules' settings (see above), with ``lr_step_epochs`` and
+            ``lr_min``.
         lr_iwae_epochs: ``"iwae"`` squeezed into this many epochs, each stage scaled by
             lr_iwae_epochs / 3280 (a shorter budget that still ends at lr * 10^-1).
-        resume / overwrite: continue the unfinished run in ``run_dir`` / retrain it.
+        resume: continue the unfinished run in ``run_dir``.
+        overwrite: retrain the run in ``run_dir`` from scratch.
         config: what to record as ``config.yaml`` (the command line passes its resolved
             configuration); by default the arguments of this call and the model's settings.
         callbacks: more side effects, called after the built-in ones (experiment tracking:
