@@ -505,9 +505,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "| measurement | plain s | project s | ratio |",
             "|---|---|---|---|",
-            f"| log p(x), K={ev['importance_samples']}, {ev['points']} test points "
-            f"| {ev['seconds']['plain']:.2f} | {ev['seconds']['project']:.2f} "
-            f"| {ev['ratio_to_baseline']:.3f} |",
+            evaluation_row(ev),
             f"| variance lab, R={var['repeats']} gradient estimates, batch {var['batch_size']} "
             f"| {var['seconds']['plain']:.2f} | {var['seconds']['project']:.2f} "
             f"| {var['ratio_to_baseline']:.3f} |",
@@ -517,6 +515,15 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def evaluation_row(ev: dict[str, Any]) -> str:
+    """The Markdown table row of a :func:`bench_evaluation` result."""
+    return (
+        f"| log p(x), K={ev['importance_samples']}, {ev['points']} test points "
+        f"| {ev['seconds']['plain']:.2f} | {ev['seconds']['project']:.2f} "
+        f"| {ev['ratio_to_baseline']:.3f} |"
+    )
 
 
 def bench_k5000(data: RunData, device: str, rounds: int, points: int) -> dict[str, Any]:
@@ -535,9 +542,7 @@ def k5000_markdown(ev: dict[str, Any], device: str) -> list[str]:
         "",
         "| measurement | plain s | project s | ratio |",
         "|---|---|---|---|",
-        f"| log p(x), K={ev['importance_samples']}, {ev['points']} test points "
-        f"| {ev['seconds']['plain']:.2f} | {ev['seconds']['project']:.2f} "
-        f"| {ev['ratio_to_baseline']:.3f} |",
+        evaluation_row(ev),
         "",
         f"Mean log p(x) on the same (untrained) weights: plain "
         f"{ev['mean_log_likelihood']['plain']}, project {ev['mean_log_likelihood']['project']}. "

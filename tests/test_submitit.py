@@ -16,18 +16,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pyro_vae.cli import main
 from pyro_vae.compare import find_runs
-from pyro_vae.config import compose_config, run_training
+from pyro_vae.config import run_training
 from pyro_vae.training import RunDir
 
-from .conftest import bars_dataset, tiny_overrides
+from . import test_reliability
+from .conftest import tiny_overrides
 from .test_reliability import KILLABLE, assert_same_run
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra")
+
+#: The uninterrupted run (module-scoped) that interrupted jobs must end up equal to.
+reference = test_reliability.reference
 submitit = pytest.importorskip("submitit")
 cloudpickle = pytest.importorskip("cloudpickle")  # submitit's, which pickles the jobs
 
@@ -88,15 +91,6 @@ def sweep_overrides(data_path, run_dir, *extra: str) -> list[str]:
 def job_logs(sweep: Path, suffix: str) -> str:
     """What the sweep's submitit jobs wrote (stdout: .out, stderr: .err)."""
     return "".join(p.read_text() for p in sorted((sweep / ".submitit").glob(f"*/*_log.{suffix}")))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The uninterrupted run (in this process) that interrupted jobs must end up equal to."""
-    d = tmp_path_factory.mktemp("reference")
-    np.save(d / "bars.npy", bars_dataset())
-    run_training(compose_config(tiny_overrides(d / "bars.npy", d / "run", "epochs=3")))
-    return d / "run"
 
 
 def test_a_submitit_local_sweep_runs_each_run_as_a_job_and_compare_reads_them(
