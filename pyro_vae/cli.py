@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -117,13 +118,15 @@ def cmd_train(args: Sequence[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from .config import check_overrides, run_training
+    from .config import SweepJobFailed, check_overrides, run_training
 
     check_overrides(args)  # before Hydra creates a run directory
     status = {"code": 0}
+    command_pid = os.getpid()
 
     @hydra.main(config_path="config/conf", config_name="config", version_base="1.3")
     def _task(cfg: DictConfig) -> None:
+        configure_logging()  # also in a job's own process (joblib, submitit)
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         # In a -m sweep one failed run does not stop the others; its message names it.
@@ -131,15 +134,19 @@ def cmd_train(args: Sequence[str]) -> int:
         try:
             summary = run_training(cfg, run_dir, list(hc.overrides.task))
         except TrainingError as e:
-            print(f"error: {where}{e}", file=sys.stderr)
-            status["code"] = max(status["code"], 1)
-            return
+            code, message = 1, f"error: {where}{e}"
         except USER_ERRORS as e:
             _remove_if_empty(run_dir)
-            print(f"error: {where}{e}", file=sys.stderr)
-            status["code"] = 2
+            code, message = 2, f"error: {where}{e}"
+        else:
+            _report(run_dir, summary)
             return
-        _report(run_dir, summary)
+        print(message, file=sys.stderr)  # a job's own log, for a job elsewhere
+        if os.getpid() != command_pid:
+            # A launcher's job (joblib, submitit) in another process: its result carries
+            # the failure back; Hydra raises it in the command once the sweep has run.
+            raise SweepJobFailed(message, code)
+        status["code"] = status["code"] or code  # the first failed run's, as Hydra reports
 
     argv = sys.argv
     sys.argv = ["pyro-vae train", *args]
@@ -147,6 +154,10 @@ def cmd_train(args: Sequence[str]) -> int:
         _task()
     except TrainingInterrupted as e:  # also ends a -m sweep: the remaining runs do not start
         return e.exit_code
+    except SystemExit as e:  # Hydra printed a job's failure (the message) and exits 1
+        if isinstance(e.__context__, SweepJobFailed):
+            return e.__context__.code
+        raise
     finally:
         sys.argv = argv
     return status["code"]

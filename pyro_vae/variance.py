@@ -36,6 +36,7 @@ import inspect
 import io
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from .estimators import ESTIMATORS, build_estimator
 from .model import VAE
 from .plots import save_figure
 from .runs import load_run
+from .training.loggers import log_to_run
 from .training.rundir import LAST_CHECKPOINT, RunDir
 
 logger = logging.getLogger(__name__)
@@ -851,4 +853,30 @@ def run_variance(
         f"{_GROUPS_NOTE.get(lab.get('groups', 'module'), '')}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads."
     )
-    return table, write_report(rows, out_dir or Path(run_dir) / OUTPUT_DIR, header)
+    paths = write_report(rows, out_dir or Path(run_dir) / OUTPUT_DIR, header)
+    log_to_run(RunDir(run_dir), "the variance lab", tracked_points(rows), paths, OUTPUT_DIR)
+    return table, paths
+
+
+#: The numbers of a lab row that go to TensorBoard and MLflow (:func:`tracked_points`).
+TRACKED = (
+    "bound",
+    "total_variance",
+    "mean_snr",
+    "relative_variance",
+    "mean_grad_norm_sq",
+    "seconds_per_estimate",
+)
+
+
+def tracked_points(rows: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, float]]]:
+    """The lab's rows as tracking points: ``variance/<estimator>/L<L>/<group>/<number>`` at
+    the checkpoint's epoch (x-axis), one point per checkpoint; characters MLflow refuses in
+    a name (the ``=`` of ``score_function:baseline=none``) become ``_``."""
+    points: dict[int, dict[str, float]] = {}
+    for row in rows:
+        name = f"variance/{row['estimator']}/L{row['num_particles']}/{row['group']}"
+        name = re.sub(r"[^\w./ :-]", "_", name)
+        values = points.setdefault(int(row["epoch"]), {})
+        values.update({f"{name}/{key}": float(row[key]) for key in TRACKED})
+    return sorted(points.items())

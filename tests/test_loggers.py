@@ -4,6 +4,7 @@ it; that a missing package is refused before training."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from pyro_vae.config import ConfigError, check_overrides, compose_config, run_tr
 from pyro_vae.config.build import resumed_config
 from pyro_vae.errors import MissingPackageError
 from pyro_vae.runs import evaluate_run
+from pyro_vae.variance import run_variance
 from pyro_vae.training import MLflowLogger, RunDir, TensorBoardLogger
 from pyro_vae.training.loggers import default_tracking_uri
 
@@ -342,6 +344,27 @@ def test_evaluate_logs_to_the_run_the_loggers_started(tiny_cfg, tmp_path, mlflow
     acc = events(tmp_path / "run" / "tensorboard")
     values = scalars(acc, "evaluate/test_log_likelihood")
     assert values == [(27, pytest.approx(result["test_log_likelihood"]))]
+
+
+def test_the_variance_lab_logs_to_the_run_the_loggers_started(tiny_cfg, tmp_path, mlflow_uri):
+    overrides = mlflow_args(mlflow_uri, "variance", "snapshots=all")
+    summary = run_training(tiny_cfg("logger=[tensorboard,mlflow]", *overrides))
+    lab = {"estimators": "trace_elbo,score_function:baseline=none", "repeats": 5}
+    _, paths = run_variance(tmp_path / "run", checkpoints="all", **lab)
+    rows = list(csv.DictReader((tmp_path / "run" / "variance" / "variance.csv").open()))
+    client, mlrun = mlflow_run(summary)
+    # One point per checkpoint (epochs 0-3) for every estimator, L, group and number; the
+    # '=' MLflow refuses in a name is '_'.
+    for row in rows:
+        label = row["estimator"].replace("=", "_")
+        key = f"variance/{label}/L{row['num_particles']}/{row['group']}/total_variance"
+        mine = (int(row["epoch"]), pytest.approx(float(row["total_variance"])))
+        assert mine in history(client, summary["mlflow_run_id"], key)
+        assert mine in scalars(events(tmp_path / "run" / "tensorboard"), key)
+    epochs = [s for s, _ in history(client, summary["mlflow_run_id"], key)]
+    assert epochs == [0, 1, 2, 3] and len(rows) == 4 * 2 * 2  # checkpoints, estimators, groups
+    artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "variance")}
+    assert artifacts == {f"variance/{p.name}" for p in paths}
 
 
 def test_the_python_api_takes_loggers_as_callbacks(tmp_path, mlflow_uri):

@@ -183,9 +183,9 @@ def test_submitit_slurm_submits_one_array_job_with_the_documented_settings(bars_
         "hydra.launcher.timeout_min=240",
         "hydra.launcher.array_parallelism=2",
         "hydra.launcher.max_num_timeout=3",
-        "hydra.launcher.name=pyro-vae",
     ]
-    args = [*launcher, *sweep_overrides(bars_path, root, "device=auto", "resume=true")]
+    # device=cuda is the jobs' to check: this login node may have no GPU.
+    args = [*launcher, *sweep_overrides(bars_path, root, "device=cuda", "resume=true")]
     env = {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -217,7 +217,7 @@ def test_submitit_slurm_submits_one_array_job_with_the_documented_settings(bars_
         "--mem=16GB",
         "--time=240",
         "--signal=USR2@120",
-        "--job-name=pyro-vae",
+        "--job-name=pyro-vae",  # hydra.job.name, the launcher's default
         f"--output={root}/.submitit/%A_%a/%A_%a_0_log.out",
     ):
         assert f"#SBATCH {line}" in lines

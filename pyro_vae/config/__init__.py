@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from .build import (
     RESUMABLE_KEYS,
     Experiment,
+    SweepJobFailed,
     build_data,
     build_model,
     build_training_method,
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigError",
     "Experiment",
     "MCEMConfig",
+    "SweepJobFailed",
     "as_plain",
     "build_data",
     "build_model",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyro
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from ..data import RunData
@@ -280,3 +281,18 @@ def run_training(
         except ConfigError as e:
             raise ConfigError(f"{run.config_path}: {e}") from None
     return instantiate(plain).train(run.path, resume=resume, overwrite=overwrite)
+
+
+class SweepJobFailed(CompactHydraException):
+    """A run of a ``-m`` sweep that failed in a process of its own (a joblib worker, a
+    submitit job, a SLURM node). The job raises it, Hydra carries it back to the command
+    in its job result, and ``pyro-vae train`` prints its one-line ``message`` and exits
+    with ``code`` (1: the run failed, 2: a value the run refused), as for a run in-process.
+    """
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses processes: keep the code
+        return type(self), (str(self), self.code)

@@ -203,9 +203,12 @@ def _canonical(cfg: Mapping[str, Any]) -> str:
 _validated: set[str] = set()
 
 
-def validate_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+def validate_config(cfg: Mapping[str, Any] | DictConfig, *, here: bool = True) -> dict[str, Any]:
     """Refuse values the rest of the code cannot use (ConfigError naming key, value, allowed);
     returns the configuration as plain values.
+
+    ``here=False`` is for a configuration that runs on another machine (a SLURM job): what
+    this machine has (a CUDA device for ``device=cuda``) is left to the job's own check.
 
     Keys are checked against the defaults of the chosen config groups, so an unknown key
     (a typo) is refused with the closest known key, and a key of another group's option
@@ -218,12 +221,12 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
         if missing:
             raise ConfigError(f"missing value for {sorted(missing)}: set it on the command line")
     plain = as_plain(cfg)
-    canonical = _canonical(plain)
+    canonical = _canonical(plain) + ("" if here else " elsewhere")
     if canonical in _validated:
         return plain
     _check_keys(plain)
     _check_fields(plain, schema.Config)
-    if plain["device"] == "cuda" and not torch.cuda.is_available():
+    if here and plain["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError.refuse("device", "cuda", "cpu or auto: no CUDA device is available here")
     _check_group(plain["dataset"], "dataset", schema.DATASET_KEYS)
     _check_group(plain["optim"], "optim", schema.OPTIM_KEYS)
@@ -331,13 +334,19 @@ def _within(group: str, build: Any, *args: Any, **kwargs: Any) -> Any:
         raise error from None
 
 
+#: Hydra launchers that run a sweep's jobs on this machine.
+LOCAL_LAUNCHERS = ("basic", "joblib", "submitit_local")
+
+
 def check_overrides(args: Sequence[str]) -> None:
     """Refuse a ``pyro-vae train`` command line before Hydra creates a run directory.
 
     Composes the configuration of every ``key=value`` the way Hydra would and validates
     it; with ``-m`` each value of each sweep is checked (one at a time, the other sweeps
     at their first value), so a typo in the fifth value does not wait for four runs.
-    Sweeps Hydra cannot enumerate here (a custom sweeper's) are left to each job.
+    Sweeps Hydra cannot enumerate here (a custom sweeper's) are left to each job, and so
+    is ``device=cuda`` when a launcher sends the runs to other machines (a login node has
+    no GPU): any launcher but ``basic``, ``joblib`` and ``submitit_local``.
     """
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -354,8 +363,11 @@ def check_overrides(args: Sequence[str]) -> None:
     except HydraException as e:
         raise ConfigError(f"cannot parse the command line: {one_line(e)}") from None
     choices: list[list[str]] = []
+    here = True
     for o in overrides:
         if o.is_hydra_override():
+            if o.get_key_element() == "hydra/launcher":
+                here = o.value() in LOCAL_LAUNCHERS
             continue
         if not o.is_sweep_override():
             choices.append([o.input_line])
@@ -377,7 +389,7 @@ def check_overrides(args: Sequence[str]) -> None:
         _check_override_keys(variant)
         cfg = compose_config(variant)
         if not parsed.cfg:  # --cfg job only prints it, values still to be filled in
-            validate_config(cfg)
+            validate_config(cfg, here=here)
 
 
 def _check_override_keys(overrides: Sequence[str]) -> None:

@@ -42,7 +42,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -518,37 +518,54 @@ def log_evaluation(run: RunDir, result: Mapping[str, Any]) -> None:
     """``pyro-vae evaluate``'s numbers, as ``evaluate/<key>``, into the TensorBoard directory
     and the MLflow run that trained ``run`` (as its summary.json records them); a logger
     that is not installed or fails is a warning, never an error of the evaluation."""
-    summary = run.summary()
     values = {f"evaluate/{k}": float(v) for k, v in result.items() if is_number(v)}
-    step = int(summary.get("steps") or 0)
+    log_to_run(run, "the evaluation", [(int(run.summary().get("steps") or 0), values)])
+
+
+def log_to_run(
+    run: RunDir,
+    what: str,
+    points: Sequence[tuple[int, Mapping[str, float]]],
+    artifacts: Sequence[Path] = (),
+    artifact_dir: str | None = None,
+) -> None:
+    """Numbers computed after training (``points``: ``(step, {name: value})``) and files
+    (MLflow artifacts under ``artifact_dir``; default: summary.json) into the TensorBoard
+    directory and the MLflow run that trained ``run``, as its summary.json records them;
+    nothing where it records none. A logger that is not installed or fails is one warning
+    naming ``what``, never an error of the caller."""
+    summary = run.summary()
     log_dir = summary.get("tensorboard_log_dir")
     if log_dir:
-        _safely("tensorboard", _evaluation_to_tensorboard, log_dir, values, step)
+        _safely("tensorboard", what, _points_to_tensorboard, log_dir, points)
     if summary.get("mlflow_run_id") and summary.get("mlflow_tracking_uri"):
-        _safely("mlflow", _evaluation_to_mlflow, summary, values, step, run)
+        files = list(artifacts) if artifacts else [run.summary_path]
+        _safely("mlflow", what, _points_to_mlflow, summary, points, files, artifact_dir)
 
 
-def _safely(name: str, call: Callable[..., Any], *args: Any) -> None:
+def _safely(name: str, what: str, call: Callable[..., Any], *args: Any) -> None:
     try:
         with same_random_state():
             call(*args)
     except Exception as e:
-        logger.warning(
-            "logger %s: the evaluation was not logged (%s: %s)", name, type(e).__name__, e
-        )
+        logger.warning("logger %s: %s was not logged (%s: %s)", name, what, type(e).__name__, e)
 
 
-def _evaluation_to_tensorboard(log_dir: str, values: dict[str, float], step: int) -> None:
+def _points_to_tensorboard(log_dir: str, points: Sequence[tuple[int, Mapping[str, float]]]) -> None:
     require("torch.utils.tensorboard", TENSORBOARD_EXTRA, "logging to TensorBoard", "tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir) as writer:
-        for tag, value in values.items():
-            writer.add_scalar(tag, value, step)
+        for step, values in points:
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
 
 
-def _evaluation_to_mlflow(
-    summary: dict[str, Any], values: dict[str, float], step: int, run: RunDir
+def _points_to_mlflow(
+    summary: dict[str, Any],
+    points: Sequence[tuple[int, Mapping[str, float]]],
+    files: Sequence[Path],
+    artifact_dir: str | None,
 ) -> None:
     require("mlflow", MLFLOW_EXTRA, "logging to MLflow")
     from mlflow.entities import Metric
@@ -559,5 +576,8 @@ def _evaluation_to_mlflow(
     client = MlflowClient(tracking_uri=uri)
     now = int(time.time() * 1000)
     run_id = summary["mlflow_run_id"]
-    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
-    client.log_artifact(run_id, str(run.summary_path))
+    metrics = [Metric(k, v, now, step) for step, values in points for k, v in values.items()]
+    for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_dir)
