@@ -17,11 +17,11 @@ parameters of |E g| / sd g (its ``mean_snr``). It does this twice: for the run's
 initialisation (its ``epoch_0000.pt`` snapshot, or the model rebuilt from the run's
 configuration and seed, which is the same initialisation) and at its last checkpoint.
 
-The trained model is ``run=RUN_DIR`` if given; otherwise ``runs/iwae_table/vae_k1``
-(Burda et al.'s 784-200-200-50 tanh VAE, ``+experiment=iwae_cpu``) if that run has
-finished; otherwise a short run of the same architecture is trained (or reused, once
-finished) into ``fallback_run``: ``pyro-vae train +experiment=iwae_cpu epochs=E
-lr_iwae_epochs=E`` with E = ``train_epochs``.
+The trained model is ``run=RUN_DIR`` if given; otherwise ``runs/iwae_table/vae_k1_e3280``
+(Burda et al.'s 784-200-200-50 tanh VAE, ``+experiment=iwae_cpu``, the k = 1 run of
+``experiments/iwae_table.py``) if that run has finished; otherwise a short run of the same
+architecture is trained (or reused, once finished) into ``fallback_run``: ``pyro-vae train
++experiment=iwae_cpu epochs=E lr_iwae_epochs=E`` with E = ``train_epochs``.
 
 What to expect (Rainforth et al. 2018; Tucker et al. 2018): IWAE's encoder SNR falls like
 1/sqrt(K) and its decoder SNR rises like sqrt(K); DReG's encoder SNR does not fall; VIMCO
@@ -74,7 +74,7 @@ from pyro_vae.training import snapshot_name
 from pyro_vae.variance import estimator_variance, int_list
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RUN = ROOT / "runs" / "iwae_table" / "vae_k1"
+DEFAULT_RUN = ROOT / "runs" / "iwae_table" / "vae_k1_e3280"
 ESTIMATOR_NAMES = ("iwae", "dreg", "stl", "vimco", "iwae_stl")
 GROUP_NAMES = {"phi": "encoder", "theta": "decoder"}
 #: budget -> (ks, repeats R, minibatch size M)

@@ -20,9 +20,9 @@ from pyro_vae.config import ConfigError, check_overrides, compose_config, run_tr
 from pyro_vae.config.build import resumed_config
 from pyro_vae.errors import MissingPackageError
 from pyro_vae.runs import evaluate_run
-from pyro_vae.variance import run_variance
 from pyro_vae.training import MLflowLogger, RunDir, TensorBoardLogger
 from pyro_vae.training.loggers import default_tracking_uri
+from pyro_vae.variance import run_variance
 
 from .conftest import bars_dataset, tiny_overrides
 
@@ -352,7 +352,7 @@ def test_the_variance_lab_logs_to_the_run_the_loggers_started(tiny_cfg, tmp_path
     lab = {"estimators": "trace_elbo,score_function:baseline=none", "repeats": 5}
     _, paths = run_variance(tmp_path / "run", checkpoints="all", **lab)
     rows = list(csv.DictReader((tmp_path / "run" / "variance" / "variance.csv").open()))
-    client, mlrun = mlflow_run(summary)
+    client, _ = mlflow_run(summary)
     # One point per checkpoint (epochs 0-3) for every estimator, L, group and number; the
     # '=' MLflow refuses in a name is '_'.
     for row in rows:
