@@ -54,7 +54,7 @@ def importance_log_likelihood(
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise refuse("num_samples", num_samples, "an integer >= 1")
-    width = _widest_layer(vae.decoder, x.shape[1])
+    width = _widest_layer(vae, x.shape[1])
     points = max(1, max_elements // (num_samples * width))
     out = []
     fused = _fused_bernoulli(vae)
@@ -110,10 +110,40 @@ def _fused_bernoulli(vae: VAE) -> Callable[[torch.Tensor, int], torch.Tensor] | 
     return log_weights
 
 
-def _widest_layer(decoder: nn.Module, x_dim: int) -> int:
-    """The widest activation per sample the decoder makes: its widest linear layer, or D."""
-    widths = [m.out_features for m in decoder.modules() if isinstance(m, nn.Linear)]
+def _widest_layer(vae: VAE, x_dim: int) -> int:
+    """The widest activation per sample the decoder makes: its widest linear layer, its
+    largest output tensor (a convolutional decoder's categorical logits, D x 256, come from
+    no linear layer), or D."""
+    widths = [m.out_features for m in vae.decoder.modules() if isinstance(m, nn.Linear)]
+    latent_dim = getattr(vae, "latent_dim", None)
+    if latent_dim is not None:
+        widths += _output_sizes(vae.decoder, latent_dim)
     return max([x_dim, *widths])
+
+
+def _output_sizes(decoder: nn.Module, latent_dim: int) -> list[int]:
+    """Elements per sample of each tensor the decoder outputs, from one pass on z = 0 in
+    eval mode (no batch-norm statistics updated, no dropout draws: the random stream and
+    the model are as they were)."""
+    param = next(decoder.parameters(), None)
+    z = torch.zeros(1, latent_dim, device=param.device if param is not None else None)
+    modes = {m: m.training for m in decoder.modules()}
+    decoder.eval()
+    try:
+        out = decoder(z)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    stack, sizes = [out], []
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            sizes.append(item.numel())
+        elif isinstance(item, tuple | list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+    return sizes
 
 
 def evaluate(

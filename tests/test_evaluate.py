@@ -147,3 +147,31 @@ def test_the_fused_bernoulli_evaluation_draws_and_weighs_as_log_weights():
     # other likelihoods take the general path
     gauss = VAE.mlp(30, 4, [16], "gaussian", prior=StandardNormal(4))
     assert _fused_bernoulli(gauss) is None
+
+
+def test_chunks_are_sized_by_the_decoders_output_when_no_linear_layer_is_as_wide():
+    # A convolutional decoder's categorical logits (D x 256 per sample) come from a
+    # transposed convolution, not a linear layer: the chunks must count them, and the draws
+    # of each chunk are those of log_weights on its points.
+    torch.manual_seed(0)
+    network = {"name": "conv", "channels": [4, 6], "hidden_dims": [8]}
+    vae = VAE.build(64, network, image_shape=(8, 8), latent_dim=2, likelihood="categorical")
+    x = torch.randint(0, 256, (10, 64)) / 255.0  # grey levels in [0, 1]
+    chunks = []
+    log_weights = vae.log_weights
+
+    def recording(points, num_samples):
+        chunks.append(points.shape[0])
+        return log_weights(points, num_samples)
+
+    vae.log_weights = recording
+    budget = 3 * 5 * 64 * 256  # three points of K=5 samples of D x 256 logits
+    torch.manual_seed(1)
+    got = importance_log_likelihood(vae, x, num_samples=5, max_elements=budget)
+    assert chunks == [3, 3, 3, 1]
+    torch.manual_seed(1)
+    want = torch.cat(
+        [torch.logsumexp(log_weights(x[s : s + 3], 5), 0) - math.log(5) for s in (0, 3, 6, 9)]
+    )
+    torch.testing.assert_close(got, want)
+    assert all(m.training for m in vae.decoder.modules())  # the sizing pass left train mode
