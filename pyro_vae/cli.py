@@ -118,7 +118,7 @@ def cmd_train(args: Sequence[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import DictConfig
 
-    from .config import SweepJobFailed, check_overrides, run_training
+    from .config import SweepJobFailed, check_overrides, run_training, use_config_dirs
 
     check_overrides(args)  # before Hydra creates a run directory
     status = {"code": 0}
@@ -128,6 +128,14 @@ def cmd_train(args: Sequence[str]) -> int:
     def _task(cfg: DictConfig) -> None:
         configure_logging()  # also in a job's own process (joblib, submitit)
         hc = HydraConfig.get()
+        # A job in a process of its own knows the user's config directories from Hydra.
+        use_config_dirs(
+            [
+                s.path
+                for s in hc.runtime.config_sources
+                if s.schema == "file" and s.provider != "main"
+            ]
+        )
         run_dir = Path(hc.runtime.output_dir)
         # In a -m sweep one failed run does not stop the others; its message names it.
         where = f"{run_dir}: " if hc.mode == RunMode.MULTIRUN else ""

@@ -143,8 +143,10 @@ def evaluate_run(
     """Test ELBO and importance-sampled log p(x) of a run (:func:`~pyro_vae.evaluate.evaluate`
     with K = ``num_samples``, default the run's ``eval_num_samples``); written into its
     summary.json, and logged (``evaluate/<key>``) to the TensorBoard directory and MLflow run
-    the run was trained with (``logger=...``), if any. ``vae``: the model to load the run
-    into (a model of your own)."""
+    the run was trained with (``logger=...``), if any. The evaluation of a snapshot from
+    before the run's last epoch (``checkpoint="epoch_0004.pt"``) goes under
+    ``evaluations[<checkpoint>]`` instead, leaving the run's own numbers as they are.
+    ``vae``: the model to load the run into (a model of your own)."""
     loaded = load_run(run_dir, checkpoint=checkpoint, device=device, vae=vae)
     cfg = loaded.cfg
     k = int(num_samples or cfg.get("eval_num_samples", 1000))
@@ -162,9 +164,30 @@ def evaluate_run(
     result.update(exact)
     checkpoint = checkpoint_to_load(loaded.run, checkpoint)
     result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
-    loaded.run.update_summary(**result)
-    log_evaluation(loaded.run, result)
+    run, summary = loaded.run, loaded.run.summary()
+    earlier = _earlier_snapshot_epoch(checkpoint, summary)
+    if earlier is None:
+        run.update_summary(**result)
+        log_evaluation(run, result)
+    else:  # beside the run's own numbers, not over them
+        run.update_summary(evaluations={**summary.get("evaluations", {}), checkpoint: result})
+        steps = {row["epoch"]: row["step"] for row in run.metrics() if "step" in row}
+        log_evaluation(run, result, steps.get(earlier, 0))
     return result
+
+
+def _earlier_snapshot_epoch(checkpoint: str, summary: dict[str, Any]) -> int | None:
+    """The epoch of ``checkpoint`` if it is a snapshot (``epoch_NNNN.pt``) from before the
+    run's last epoch; None for the run's final model (``last.pt``, or the last epoch's)."""
+    name = Path(checkpoint).name
+    if not (name.startswith("epoch_") and name.endswith(".pt")):
+        return None
+    try:
+        epoch = int(name[len("epoch_") : -len(".pt")])
+    except ValueError:
+        return None
+    final = summary.get("epochs")
+    return epoch if isinstance(final, int) and epoch < final else None
 
 
 def exact_log_likelihood(dataset: Any, test: torch.Tensor) -> dict[str, float]:

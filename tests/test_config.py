@@ -111,6 +111,63 @@ def test_unknown_prior_choice_is_refused_with_a_suggestion():
         check_overrides(["prior=laplce"])
 
 
+def test_a_flag_between_the_overrides_is_refused_with_where_it_goes():
+    # Hydra's parser takes the overrides as one run of arguments: after -m, the rest is
+    # "unrecognized" (its own message says no more).
+    with pytest.raises(
+        ConfigError, match=r"unrecognized arguments: latent_dim=2,5 \(Hydra's flags"
+    ):
+        check_overrides(["epochs=1", "-m", "latent_dim=2,5"])
+    assert main(["train", "epochs=1", "-m", "latent_dim=2,5"]) == 2
+
+
+@pytest.fixture
+def user_conf(tmp_path):
+    """A config directory of the user's with a prior file (docs/priors.md, Adding a prior)
+    and a preset of its own; the choices they add are forgotten afterwards."""
+    conf = tmp_path / "my_conf"
+    (conf / "prior").mkdir(parents=True)
+    (conf / "prior" / "cauchy.yaml").write_text(
+        "name: cauchy\n_target_: pyro.distributions.Cauchy\nloc: 0.0\nscale: 1.0\n"
+        "learnable: false\n"
+    )
+    (conf / "experiment").mkdir()
+    (conf / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\nepochs: 2\nlatent_dim: 3\n"
+    )
+    yield conf
+    pyro_vae.config.use_config_dirs([])
+
+
+@pytest.mark.parametrize("how", ["searchpath", "config_dir"])
+def test_a_config_directory_of_the_users_adds_choices(how, user_conf, bars_path, tmp_path):
+    where = (
+        [f"hydra.searchpath=[file://{user_conf}]"]
+        if how == "searchpath"
+        else ["--config-dir", str(user_conf)]
+    )
+    with pytest.raises(ConfigError, match=r"prior='cauchy' is not allowed"):
+        check_overrides(["prior=cauchy"])
+    args = tiny_overrides(bars_path, tmp_path / "run", "prior=cauchy", "prior.scale=2")
+    assert main(["train", *where, *args]) == 0
+    prior = RunDir(tmp_path / "run").config()["prior"]
+    assert prior == {
+        "name": "cauchy",
+        "_target_": "pyro.distributions.Cauchy",
+        "loc": 0.0,
+        "scale": 2,
+        "learnable": False,
+    }
+    # A preset of the user's: +experiment=mine.
+    cfg = compose_config(["+experiment=mine"])
+    assert (cfg.epochs, cfg.latent_dim) == (2, 3)
+    pyro_vae.config.use_config_dirs([])
+    with pytest.raises(
+        ConfigError, match=r"\+experiment='mine' is not allowed: expected one of \['iwae'"
+    ):
+        check_overrides(["+experiment=mine"])
+
+
 @pytest.mark.parametrize(
     ("key", "message"),
     [

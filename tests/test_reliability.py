@@ -520,3 +520,19 @@ def test_a_data_file_with_a_wrong_checksum_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(face) in err and "does not match its known md5" in err
     assert face.read_bytes() == b"not the real file"  # left alone for the user to inspect
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_a_runs_files_get_the_permissions_of_the_users_umask(umask, mode, tiny_cfg, tmp_path):
+    # Written atomically through a private temporary file, they still end up as open()
+    # would have made them: readable by the group in a shared run directory where the
+    # umask allows it.
+    previous = os.umask(umask)
+    try:
+        run_training(tiny_cfg("epochs=1"))
+    finally:
+        os.umask(previous)
+    run = tmp_path / "run"
+    files = [run / n for n in ("config.yaml", "summary.json", "metrics.jsonl")]
+    files.append(run / "checkpoints" / "last.pt")
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: mode for p in files}

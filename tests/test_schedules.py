@@ -378,6 +378,20 @@ def test_the_iwae_preset_is_burda_et_al_section_5():
     assert (squeezed.epochs, squeezed.lr_iwae_epochs) == (100, 100)
 
 
+def test_evaluating_an_earlier_snapshot_leaves_the_runs_own_numbers(tiny_cfg, tmp_path):
+    run_training(tiny_cfg("epochs=3", "snapshots=all"))
+    run = RunDir(tmp_path / "run")
+    final = pyro_vae.evaluate_run(run.path, num_samples=3)
+    early = pyro_vae.evaluate_run(run.path, num_samples=3, checkpoint="epoch_0001.pt")
+    after = run.summary()
+    assert after["test_elbo"] == final["test_elbo"] != early["test_elbo"]
+    assert after["evaluated_checkpoint"] == "last.pt"
+    assert after["test_log_likelihood"] == final["test_log_likelihood"]
+    assert after["evaluations"] == {"epoch_0001.pt": early}
+    # the run's report, when its command is given again, is still its final model's
+    assert run_training(tiny_cfg("epochs=3", "snapshots=all"))["test_elbo"] == final["test_elbo"]
+
+
 def test_a_run_kept_with_its_last_snapshot_only_still_evaluates(tiny_cfg, tmp_path):
     run_training(tiny_cfg("epochs=2"))
     run = RunDir(tmp_path / "run")

@@ -35,8 +35,10 @@ from .validate import (
     check_overrides,
     compose_config,
     config_choices,
+    config_dirs,
     config_groups,
     prior_spec,
+    use_config_dirs,
     validate_config,
 )
 
@@ -57,11 +59,13 @@ __all__ = [
     "check_overrides",
     "compose_config",
     "config_choices",
+    "config_dirs",
     "config_groups",
     "instantiate",
     "method_options",
     "prior_spec",
     "resumed_config",
     "run_training",
+    "use_config_dirs",
     "validate_config",
 ]

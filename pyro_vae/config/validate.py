@@ -41,6 +41,31 @@ PRESET_GROUPS = ("experiment",)
 # each option a node of its own under the group's (``logger.tensorboard``), with no ``name``.
 MULTI_GROUPS = ("logger",)
 
+#: A user's own config directories (``pyro-vae train --config-dir DIR``,
+#: ``hydra.searchpath=[file://DIR]``), searched as Hydra searches them: their
+#: ``<group>/<name>.yaml`` files are choices like the shipped ones (``prior=cauchy``).
+_user_dirs: tuple[Path, ...] = ()
+
+
+def use_config_dirs(dirs: Sequence[str | Path]) -> None:
+    """Make the files of these config directories choices for every check and composition
+    that follows (the command line sets them from its ``--config-dir`` and
+    ``hydra.searchpath``; a job from Hydra's search path)."""
+    global _user_dirs
+    _user_dirs = tuple(Path(d).resolve() for d in dirs if Path(d).resolve() != CONF_DIR.resolve())
+
+
+def config_dirs() -> tuple[Path, ...]:
+    """The shipped config directory, then the user's (:func:`use_config_dirs`)."""
+    return (CONF_DIR, *_user_dirs)
+
+
+def _config_file(group: str, name: str) -> Path | None:
+    for root in config_dirs():
+        if (root / group / f"{name}.yaml").is_file():
+            return root / group / f"{name}.yaml"
+    return None
+
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The configuration ``pyro-vae train`` would use with these ``key=value`` overrides.
@@ -58,8 +83,11 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     backup = get_gh_backup()
     GlobalHydra.instance().clear()
     try:
+        search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in _user_dirs)}]"]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=CONFIG_NAME, overrides=list(overrides))
+            return compose(
+                config_name=CONFIG_NAME, overrides=[*search[: bool(_user_dirs)], *overrides]
+            )
     except (HydraException, OmegaConfBaseException) as e:
         raise composition_error(e) from None
     finally:
@@ -82,8 +110,9 @@ def composition_error(error: BaseException) -> ConfigError:
 
 
 def config_choices(group: str) -> list[str]:
-    """The names a config group offers (the YAML files in ``conf/<group>``)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """The names a config group offers: the YAML files in ``conf/<group>``, and in the
+    ``<group>`` folders of the user's config directories (:func:`use_config_dirs`)."""
+    return sorted({p.stem for root in config_dirs() for p in (root / group).glob("*.yaml")})
 
 
 def config_groups() -> list[str]:
@@ -106,9 +135,13 @@ def as_plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     return plain
 
 
-@functools.lru_cache(maxsize=64)
 def _defaults(choices: tuple[str, ...]) -> dict[str, Any]:
     """The default configuration with these ``group=name`` choices, as a plain dict."""
+    return _defaults_in(choices, _user_dirs)
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults_in(choices: tuple[str, ...], dirs: tuple[Path, ...]) -> dict[str, Any]:
     return OmegaConf.to_container(compose_config(list(choices)), resolve=False)
 
 
@@ -272,7 +305,7 @@ def _check_loggers(node: Any) -> None:
         raise ConfigError.refuse("logger", node, allowed)
     for name, settings in node.items():
         _check_name("logger", name, choices)
-        shipped = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "logger" / f"{name}.yaml"))
+        shipped = OmegaConf.to_container(OmegaConf.load(_config_file("logger", name)))
         want = shipped[name]
         if not isinstance(settings, dict):
             raise ConfigError.refuse(f"logger.{name}", settings, f"a mapping of {sorted(want)}")
@@ -308,7 +341,7 @@ def prior_spec(node: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError.refuse(
                 "prior.name", name, f"one of {config_choices('prior')}, or a prior._target_"
             )
-        shipped = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "prior" / f"{name}.yaml"))
+        shipped = OmegaConf.to_container(OmegaConf.load(_config_file("prior", name)))
         params = {**shipped, **params}
     return params
 
@@ -353,9 +386,15 @@ def check_overrides(args: Sequence[str]) -> None:
     from hydra.errors import HydraException
 
     try:
-        parsed = get_args_parser().parse_args(list(args))
+        parsed, unrecognized = get_args_parser().parse_known_args(list(args))
     except SystemExit:
         return  # Hydra prints its own usage message
+    if unrecognized:  # Hydra's parser takes the overrides as one run of arguments
+        raise ConfigError(
+            f"unrecognized arguments: {' '.join(unrecognized)} (Hydra's flags, such as -m, "
+            "--cfg job or --config-dir DIR, go before all key=value overrides: "
+            "pyro-vae train -m key=value ...)"
+        )
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return
     try:
@@ -364,10 +403,15 @@ def check_overrides(args: Sequence[str]) -> None:
         raise ConfigError(f"cannot parse the command line: {one_line(e)}") from None
     choices: list[list[str]] = []
     here = True
+    dirs = [parsed.config_dir] if parsed.config_dir else []
     for o in overrides:
         if o.is_hydra_override():
             if o.get_key_element() == "hydra/launcher":
                 here = o.value() in LOCAL_LAUNCHERS
+            if o.get_key_element() == "hydra.searchpath":
+                dirs += [
+                    str(v) for v in o.value() if "://" not in str(v) or str(v).startswith("file://")
+                ]
             continue
         if not o.is_sweep_override():
             choices.append([o.input_line])
@@ -381,6 +425,7 @@ def check_overrides(args: Sequence[str]) -> None:
         except HydraException:
             continue
         choices.append([f"{o.get_key_element()}={v}" for v in values])
+    use_config_dirs([d.removeprefix("file://") for d in dirs])
     first = [c[0] for c in choices]
     variants = [first] + [
         [*first[:i], v, *first[i + 1 :]] for i, c in enumerate(choices) for v in c[1:]
@@ -403,6 +448,8 @@ def _check_override_keys(overrides: Sequence[str]) -> None:
             raise ConfigError(
                 f"{o}: {key} is a preset, added with a plus: +{key}={value or choices[0]}"
             )
+        if key.startswith("+") and key[1:] in PRESET_GROUPS:
+            _check_name(key, value, config_choices(key[1:]))
         if key in groups:
             _check_name(key, value, config_choices(key))
             chosen.append(o)

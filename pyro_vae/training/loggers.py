@@ -514,12 +514,15 @@ def build_loggers(spec: Mapping[str, Mapping[str, Any]] | None) -> list[Tracking
     return out
 
 
-def log_evaluation(run: RunDir, result: Mapping[str, Any]) -> None:
+def log_evaluation(run: RunDir, result: Mapping[str, Any], step: int | None = None) -> None:
     """``pyro-vae evaluate``'s numbers, as ``evaluate/<key>``, into the TensorBoard directory
-    and the MLflow run that trained ``run`` (as its summary.json records them); a logger
-    that is not installed or fails is a warning, never an error of the evaluation."""
+    and the MLflow run that trained ``run`` (as its summary.json records them), at ``step``
+    (default: the run's last); a logger that is not installed or fails is a warning, never
+    an error of the evaluation."""
     values = {f"evaluate/{k}": float(v) for k, v in result.items() if is_number(v)}
-    log_to_run(run, "the evaluation", [(int(run.summary().get("steps") or 0), values)])
+    if step is None:
+        step = int(run.summary().get("steps") or 0)
+    log_to_run(run, "the evaluation", [(step, values)])
 
 
 def log_to_run(
