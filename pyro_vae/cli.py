@@ -179,9 +179,12 @@ def _remove_if_empty(path: Path) -> None:
 
 def _report(run_dir: Path, summary: dict[str, Any]) -> None:
     if summary.get("test_elbo") is not None:
+        trained = f"{summary.get('epochs')} epochs ({summary.get('samples')} samples)"
+        if summary.get("epochs") == 0:  # num_samples= fewer than one epoch's
+            trained = f"{summary.get('samples')} samples (less than one epoch)"
         print(
             f"{run_dir}: {summary.get('status')}, test ELBO {summary['test_elbo']:.2f} nats "
-            f"after {summary.get('epochs')} epochs ({summary.get('samples')} samples)"
+            f"after {trained}"
         )
     print(f"next: pyro-vae evaluate {run_dir}   |   pyro-vae plot {run_dir}")
 

@@ -117,3 +117,11 @@ def test_a_bug_shows_its_traceback_not_an_error_line(bars_path, tmp_path, monkey
     with pytest.raises(RuntimeError, match=r"^bug$"):
         main(["evaluate", str(tmp_path / "run")])
     assert "error:" not in capsys.readouterr().err
+
+
+def test_the_report_of_a_run_shorter_than_one_epoch_counts_its_samples(bars_path, tmp_path, capsys):
+    args = tiny_overrides(bars_path, tmp_path / "run", "num_samples=40")
+    assert main(["train", *args]) == 0
+    report = capsys.readouterr().out.splitlines()[0]
+    assert report.endswith("after 40 samples (less than one epoch)")
+    assert RunDir(tmp_path / "run").summary()["epochs"] == 0
