@@ -858,15 +858,9 @@ def run_variance(
     return table, paths
 
 
-#: The numbers of a lab row that go to TensorBoard and MLflow (:func:`tracked_points`).
-TRACKED = (
-    "bound",
-    "total_variance",
-    "mean_snr",
-    "relative_variance",
-    "mean_grad_norm_sq",
-    "seconds_per_estimate",
-)
+#: The numbers of a lab row that go to TensorBoard and MLflow (:func:`tracked_points`): the
+#: table's columns from ``bound`` on.
+TRACKED = COLUMNS[COLUMNS.index("bound") :]
 
 
 def tracked_points(rows: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, float]]]:
