@@ -23,7 +23,7 @@ from .likelihoods import get_likelihood
 from .model import VAE
 from .plots import FIGURES, elbo_title, plot_figures
 from .training.loggers import log_evaluation
-from .training.rundir import LAST_CHECKPOINT, RunDir
+from .training.rundir import LAST_CHECKPOINT, RunDir, snapshot_epoch
 
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -179,15 +179,9 @@ def evaluate_run(
 def _earlier_snapshot_epoch(checkpoint: str, summary: dict[str, Any]) -> int | None:
     """The epoch of ``checkpoint`` if it is a snapshot (``epoch_NNNN.pt``) from before the
     run's last epoch; None for the run's final model (``last.pt``, or the last epoch's)."""
-    name = Path(checkpoint).name
-    if not (name.startswith("epoch_") and name.endswith(".pt")):
-        return None
-    try:
-        epoch = int(name[len("epoch_") : -len(".pt")])
-    except ValueError:
-        return None
+    epoch = snapshot_epoch(checkpoint)
     final = summary.get("epochs")
-    return epoch if isinstance(final, int) and epoch < final else None
+    return epoch if epoch is not None and isinstance(final, int) and epoch < final else None
 
 
 def exact_log_likelihood(dataset: Any, test: torch.Tensor) -> dict[str, float]:

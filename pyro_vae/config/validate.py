@@ -52,7 +52,10 @@ def use_config_dirs(dirs: Sequence[str | Path]) -> None:
     that follows (the command line sets them from its ``--config-dir`` and
     ``hydra.searchpath``; a job from Hydra's search path)."""
     global _user_dirs
-    _user_dirs = tuple(Path(d).resolve() for d in dirs if Path(d).resolve() != CONF_DIR.resolve())
+    new = tuple(Path(d).resolve() for d in dirs if Path(d).resolve() != CONF_DIR.resolve())
+    if new != _user_dirs:
+        _defaults.cache_clear()  # composed with the other directories' files
+    _user_dirs = new
 
 
 def config_dirs() -> tuple[Path, ...]:
@@ -83,11 +86,10 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     backup = get_gh_backup()
     GlobalHydra.instance().clear()
     try:
-        search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in _user_dirs)}]"]
+        search = ",".join(f"file://{d}" for d in _user_dirs)
+        searchpath = [f"hydra.searchpath=[{search}]"] if _user_dirs else []
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(
-                config_name=CONFIG_NAME, overrides=[*search[: bool(_user_dirs)], *overrides]
-            )
+            return compose(config_name=CONFIG_NAME, overrides=[*searchpath, *overrides])
     except (HydraException, OmegaConfBaseException) as e:
         raise composition_error(e) from None
     finally:
@@ -135,13 +137,9 @@ def as_plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     return plain
 
 
+@functools.lru_cache(maxsize=64)
 def _defaults(choices: tuple[str, ...]) -> dict[str, Any]:
     """The default configuration with these ``group=name`` choices, as a plain dict."""
-    return _defaults_in(choices, _user_dirs)
-
-
-@functools.lru_cache(maxsize=64)
-def _defaults_in(choices: tuple[str, ...], dirs: tuple[Path, ...]) -> dict[str, Any]:
     return OmegaConf.to_container(compose_config(list(choices)), resolve=False)
 
 

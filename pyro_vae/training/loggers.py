@@ -456,8 +456,7 @@ class MLflowLogger(TrackingLogger):
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        for i in range(0, len(pending), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=pending[i : i + _MAX_METRICS_PER_BATCH])
+        log_metrics(self.client, self.run_id, pending)
 
     def _finish(self, trainer: Trainer, summary: dict[str, Any], figures: list[Path]) -> None:
         self._log(summary_metrics(summary), trainer.position.step)
@@ -512,6 +511,12 @@ def build_loggers(spec: Mapping[str, Mapping[str, Any]] | None) -> list[Tracking
             raise refuse("logger", name, f"one of {sorted(LOGGERS)}")
         out.append(LOGGERS[name](**dict(settings or {})))
     return out
+
+
+def log_metrics(client: Any, run_id: str, metrics: Sequence[Any]) -> None:
+    """MLflow metrics in batches of the size its server takes."""
+    for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
 
 
 def log_evaluation(run: RunDir, result: Mapping[str, Any], step: int | None = None) -> None:
@@ -580,7 +585,6 @@ def _points_to_mlflow(
     now = int(time.time() * 1000)
     run_id = summary["mlflow_run_id"]
     metrics = [Metric(k, v, now, step) for step, values in points for k, v in values.items()]
-    for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+    log_metrics(client, run_id, metrics)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path=artifact_dir)

@@ -59,6 +59,17 @@ def snapshot_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}.pt"
 
 
+def snapshot_epoch(name: str | os.PathLike[str]) -> int | None:
+    """The epoch of a snapshot's file name (``epoch_0004.pt`` -> 4); None for any other."""
+    path = Path(name)
+    if not (path.name.startswith("epoch_") and path.suffix == ".pt"):
+        return None
+    try:
+        return int(path.stem.split("_")[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def _feed(h: Any, obj: Any) -> None:
     """Hash a checkpoint's nested dicts, lists, tensors, arrays and scalars, in order."""
     if isinstance(obj, torch.Tensor):
@@ -303,13 +314,8 @@ class RunDir:
 
     def snapshots(self) -> list[tuple[int, Path]]:
         """Model snapshots (epoch, path) in epoch order."""
-        out = []
-        for p in self.checkpoint_dir.glob("epoch_*.pt"):
-            try:
-                out.append((int(p.stem.split("_")[1]), p))
-            except (IndexError, ValueError):
-                continue
-        return sorted(out)
+        epochs = ((snapshot_epoch(p), p) for p in self.checkpoint_dir.glob("epoch_*.pt"))
+        return sorted((epoch, p) for epoch, p in epochs if epoch is not None)
 
     # figures
     @property
