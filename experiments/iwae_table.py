@@ -71,6 +71,15 @@ PAPER = {
     "vae": {1: (86.76, 19), 5: (86.47, 20), 50: (86.35, 20)},
     "iwae": {1: (86.76, 19), 5: (85.54, 22), 50: (84.78, 25)},
 }
+#: The same table, two stochastic layers (100 and 50 units): test NLL (active units not
+#: copied here).
+PAPER_2LAYER = {
+    "vae": {1: (85.33, math.nan), 5: (85.01, math.nan), 50: (84.78, math.nan)},
+    "iwae": {1: (85.33, math.nan), 5: (83.89, math.nan), 50: (82.90, math.nan)},
+}
+#: The presets of each architecture (stochastic layers -> paper budget, CPU budget) and
+#: the infix of its run names.
+PRESETS = {1: ("iwae", "iwae_cpu", ""), 2: ("iwae_2layer", "iwae_2layer_cpu", "_2l")}
 ESTIMATORS = {"vae": "sgvb_a", "iwae": "iwae", "dreg": "dreg", "stl": "iwae_stl"}
 #: Rows that are another row at k = 1: the IWAE bound with one sample is the ELBO, and
 #: DReG's gradient with one sample is STL's.
@@ -86,10 +95,13 @@ TEST_IMAGES = 10000
 def rows_of(opts: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs the options ask for: name, estimator, k, overrides, test points."""
     budget, epochs = opts["budget"], opts["epochs"]
-    preset = "+experiment=iwae" if budget == "paper" else "+experiment=iwae_cpu"
     rows = []
 
-    def add(name: str, estimator: str, k: int, extra: list[str], points: int) -> None:
+    def add(
+        name: str, estimator: str, k: int, extra: list[str], points: int, layers: int
+    ) -> None:
+        paper_preset, cpu_preset, _ = PRESETS[layers]
+        preset = f"+experiment={paper_preset if budget == 'paper' else cpu_preset}"
         fast = "true" if estimator == "vae" and budget != "paper" else "false"
         # STL at k = 1 is the ELBO's (estimator=stl); for k > 1 the IWAE bound's (iwae_stl)
         name_of = "stl" if (estimator, k) == ("stl", 1) else ESTIMATORS[estimator]
@@ -107,27 +119,42 @@ def rows_of(opts: dict[str, Any]) -> list[dict[str, Any]]:
             *extra,
         ]
         rows.append(
-            {"name": name, "estimator": estimator, "k": k, "overrides": overrides, "points": points}
+            {
+                "name": name,
+                "estimator": estimator,
+                "k": k,
+                "layers": layers,
+                "overrides": overrides,
+                "points": points,
+            }
         )
 
-    for k in (int(k) for k in str(opts["ks"]).split(",")):
-        for est in opts["estimators"].split(","):
-            if est not in ESTIMATORS:
-                sys.exit(f"estimators: {est!r} is not allowed: expected among {list(ESTIMATORS)}")
-            if k == 1 and est in SAME_AT_K1:
-                continue
-            if budget == "paper":
-                add(f"{est}_k{k}", est, k, [], opts["test_points"])
-            else:
-                extra = [f"epochs={epochs}", f"lr_iwae_epochs={epochs}"]
-                if budget == "smoke":
-                    extra = ["num_samples=300", "lr_iwae_epochs=1", "dataset.train_size=1000"]
-                add(f"{est}_k{k}_e{epochs}", est, k, extra, opts["test_points"])
-    if budget == "cpu" and opts["long_epochs"] > 0:
-        long, stop = opts["long_epochs"], opts["long_stop"] or opts["long_epochs"]
-        name = f"vae_k1_e{stop}" + (f"of{long}" if stop != long else "")
-        extra = [f"epochs={stop}", f"lr_iwae_epochs={long}"]
-        add(name, "vae", 1, extra, TEST_IMAGES)
+    layer_counts = [int(n) for n in str(opts["layers"]).split(",")]
+    for n in layer_counts:
+        if n not in PRESETS:
+            sys.exit(f"layers: {n!r} is not allowed: expected among {list(PRESETS)}")
+    for layers in layer_counts:
+        infix = PRESETS[layers][2]
+        for k in (int(k) for k in str(opts["ks"]).split(",")):
+            for est in opts["estimators"].split(","):
+                if est not in ESTIMATORS:
+                    sys.exit(
+                        f"estimators: {est!r} is not allowed: expected among {list(ESTIMATORS)}"
+                    )
+                if k == 1 and est in SAME_AT_K1:
+                    continue
+                if budget == "paper":
+                    add(f"{est}{infix}_k{k}", est, k, [], opts["test_points"], layers)
+                else:
+                    extra = [f"epochs={epochs}", f"lr_iwae_epochs={epochs}"]
+                    if budget == "smoke":
+                        extra = ["num_samples=300", "lr_iwae_epochs=1", "dataset.train_size=1000"]
+                    add(f"{est}{infix}_k{k}_e{epochs}", est, k, extra, opts["test_points"], layers)
+        if budget == "cpu" and opts["long_epochs"] > 0:
+            long, stop = opts["long_epochs"], opts["long_stop"] or opts["long_epochs"]
+            name = f"vae{infix}_k1_e{stop}" + (f"of{long}" if stop != long else "")
+            extra = [f"epochs={stop}", f"lr_iwae_epochs={long}"]
+            add(name, "vae", 1, extra, TEST_IMAGES, layers)
     return rows
 
 
@@ -271,6 +298,7 @@ def main(argv: list[str]) -> int:
         "budget": "cpu",
         "ks": None,
         "estimators": ",".join(ESTIMATORS),
+        "layers": "1,2",
         "epochs": None,
         "long_epochs": 3280,
         "long_stop": 0,

@@ -29,9 +29,10 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from .errors import ArgumentError, refuse
+from .layers import VAMP_ON_STACK, LatentStack, layer_specs
 from .likelihoods import LikelihoodLike, get_likelihood, likelihood_heads, upgrade_settings
 from .networks import GaussianEncoder, MLPDecoder, build_user_network, init_parameters
-from .priors import Prior, StandardNormal, build_prior
+from .priors import Prior, StandardNormal, VampPrior, build_prior
 from .targets import check_params, import_target, path_of
 
 # PyroModule mirrors parameters into Pyro's global param store by name. Each VAE gets
@@ -51,6 +52,7 @@ MODEL_SETTINGS = (
     "init",
     "init_std",
     "prior",
+    "upper_layers",
 )
 #: The networks :meth:`VAE.build` makes by name (``network=``); a mapping with
 #: ``encoder._target_`` and ``decoder._target_`` names a user's own classes.
@@ -95,6 +97,9 @@ class VAE(PyroModule):
         init: ``"torch"`` (keep the networks' initialisation), ``"paper"`` (every
             parameter ~ N(0, init_std^2), sec. 5), or a function called on each network.
         latent_dim: Nz, needed only when ``prior`` is None.
+        upper_layers: stochastic layers above the first, a
+            :class:`~pyro_vae.layers.LatentStack` (its ``dims[0]`` the encoder's output
+            width, its top the prior's); None: the one layer ``z``.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class VAE(PyroModule):
         init: Init = None,
         init_std: float = 0.01,
         latent_dim: int | None = None,
+        upper_layers: LatentStack | None = None,
     ):
         super().__init__(name=f"vae{next(_instance_ids)}")
         weakref.finalize(self, _forget_params, self._pyro_name + ".")
@@ -115,6 +121,9 @@ class VAE(PyroModule):
             if not isinstance(net, nn.Module):
                 raise refuse(key, net, "a torch.nn.Module")
         self.encoder, self.decoder = encoder, decoder
+        if upper_layers is not None and not isinstance(upper_layers, LatentStack):
+            raise refuse("upper_layers", upper_layers, "a pyro_vae.layers.LatentStack or None")
+        self.stack = upper_layers if upper_layers is not None and len(upper_layers) > 1 else None
         for net in (encoder, decoder):
             if callable(init):
                 init(net)
@@ -123,11 +132,21 @@ class VAE(PyroModule):
         if prior is None:
             if latent_dim is None:
                 raise ArgumentError("VAE needs a prior, or latent_dim for the N(0, I) prior")
+            if self.stack is not None:
+                latent_dim = self.stack.top_dim
             prior = StandardNormal(latent_dim)
         elif isinstance(prior, torch.distributions.Distribution):
             prior = _FixedPrior(prior)
         elif not isinstance(prior, Prior):
             raise refuse("prior", prior, "a pyro_vae.priors.Prior, a distribution, or None")
+        if self.stack is not None and isinstance(prior, VampPrior):
+            raise ArgumentError(VAMP_ON_STACK, "prior")
+        if self.stack is not None and prior.latent_dim != self.stack.top_dim:
+            raise refuse(
+                "prior",
+                f"a prior over R^{prior.latent_dim}",
+                f"a prior over the top layer's R^{self.stack.top_dim}",
+            )
         self.prior = prior
         prior.bind(self)
         self.likelihood = get_likelihood(likelihood)
@@ -137,7 +156,27 @@ class VAE(PyroModule):
 
     @property
     def latent_dim(self) -> int:
-        return self.prior.latent_dim
+        """Nz of the first stochastic layer z (z_1): the encoder's output, the decoder's
+        input. The prior's space is the top layer's, ``prior.latent_dim``."""
+        return self.stack.dims[0] if self.stack is not None else self.prior.latent_dim
+
+    @property
+    def latent_sites(self) -> tuple[str, ...]:
+        """The model's latent sites from the first layer up: ``("z",)``, or ``("z1", ...,
+        "zL")`` with upper layers."""
+        return self.stack.site_names if self.stack is not None else ("z",)
+
+    def descend(self, z: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """z_1 from a point ``z`` of the prior's space (the top layer), through the upper
+        layers' conditional means (or draws, ``sample``); ``z`` itself for one layer."""
+        return self.stack.descend(z, sample) if self.stack is not None else z
+
+    def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """E_q[z_l | x] for each stochastic layer, [M, dim_l]: the encoder's loc for the
+        first, Monte Carlo over q's upper layers for the others
+        (:meth:`~pyro_vae.layers.LatentStack.posterior_means`)."""
+        loc, scale = self.encoder(x)
+        return self.stack.posterior_means(loc, scale) if self.stack is not None else [loc]
 
     @classmethod
     def mlp(
@@ -151,6 +190,7 @@ class VAE(PyroModule):
         init: str = "torch",
         init_std: float = 0.01,
         num_data: int | None = None,
+        upper_layers: Sequence[Mapping[str, Any]] = (),
     ) -> VAE:
         """The paper's VAE (appendix C): MLP encoder and decoder with the same hidden widths
         (``hidden_dims``, the decoder's in reverse; ``[]`` gives linear maps), the decoder
@@ -158,7 +198,10 @@ class VAE(PyroModule):
         :class:`~pyro_vae.likelihoods.Likelihood`), and ``prior`` (None: N(0, I); a Prior; or
         a specification :func:`~pyro_vae.priors.build_prior` takes, built after the
         networks are initialised, since a VampPrior draws its pseudo-inputs from the same
-        random stream). :meth:`build` with ``network="mlp"``.
+        random stream). ``upper_layers``: stochastic layers above z (Burda et al.'s two
+        layers: ``latent_dim=100, hidden_dims=[200, 200], upper_layers=[{"latent_dim": 50,
+        "hidden_dims": [100, 100]}]``; :mod:`pyro_vae.layers`), the prior on the top one.
+        :meth:`build` with ``network="mlp"``.
         """
         return cls.build(
             x_dim,
@@ -171,6 +214,7 @@ class VAE(PyroModule):
             init=init,
             init_std=init_std,
             num_data=num_data,
+            upper_layers=upper_layers,
         )
 
     @classmethod
@@ -188,6 +232,7 @@ class VAE(PyroModule):
         init: str = "torch",
         init_std: float = 0.01,
         num_data: int | None = None,
+        upper_layers: Sequence[Mapping[str, Any]] | None = (),
     ) -> VAE:
         """A VAE with the networks ``network`` names, for data of ``x_dim`` values.
 
@@ -199,7 +244,8 @@ class VAE(PyroModule):
         ``x_dim``, ``latent_dim``, ``image_shape`` and ``heads`` (the decoder outputs the
         likelihood takes, :class:`~pyro_vae.networks.Head`) that its signature accepts.
         The decoder's last layer has one output per head of the likelihood. The other
-        arguments are :meth:`mlp`'s.
+        arguments are :meth:`mlp`'s; ``upper_layers`` (MLPs with ``activation``) stack
+        above any of these networks.
         """
         try:
             spec = network_spec(network)
@@ -235,12 +281,17 @@ class VAE(PyroModule):
             )
         init_parameters(encoder, init, init_std)
         init_parameters(decoder, init, init_std)
+        layers = layer_specs(upper_layers)
+        stack = LatentStack(latent_dim, layers, activation) if layers else None
+        if stack is not None:
+            init_parameters(stack, init, init_std)
+        top_dim = stack.top_dim if stack is not None else latent_dim
         if prior is None:
-            prior = StandardNormal(latent_dim)
+            prior = StandardNormal(top_dim)
             prior.name = "standard_normal"
         elif isinstance(prior, Mapping):
-            prior = build_prior(prior, latent_dim, x_dim=x_dim, encoder=encoder)
-        vae = cls(encoder, decoder, prior, likelihood=lik, num_data=num_data)
+            prior = build_prior(prior, top_dim, x_dim=x_dim, encoder=encoder)
+        vae = cls(encoder, decoder, prior, likelihood=lik, num_data=num_data, upper_layers=stack)
         vae.settings = {
             "latent_dim": latent_dim,
             "hidden_dims": hidden_dims,
@@ -250,6 +301,7 @@ class VAE(PyroModule):
             "init": init,
             "init_std": init_std,
             "prior": vae.prior.spec(),
+            "upper_layers": layers,
         }
         return vae
 
@@ -265,6 +317,7 @@ class VAE(PyroModule):
         run's configuration, say; those of earlier versions are read too)."""
         settings = upgrade_settings(settings)
         settings.setdefault("network", "mlp")
+        settings.setdefault("upper_layers", [])  # runs written before stacked layers
         missing = [k for k in MODEL_SETTINGS if k not in settings]
         if missing:
             raise ArgumentError(
@@ -309,27 +362,48 @@ class VAE(PyroModule):
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> None:
         """p(z) p_theta(x|z) for a minibatch ``x`` [M, D] (``idx``: its dataset indices)."""
         pyro.module(self._pyro_name + ".decoder", self.decoder)
+        if self.stack is None:
+            with self._plate(x, idx):
+                z = pyro.sample("z", self.prior())
+                pyro.sample("x", self.decode(z), obs=x)
+            return
+        pyro.module(self._pyro_name + ".stack.down", self.stack.down)
         with self._plate(x, idx):
-            z = pyro.sample("z", self.prior())
+            z = pyro.sample(self.latent_sites[-1], self.prior())
+            for name, layer in self.stack.downward():
+                z = pyro.sample(name, layer.distribution(z))
             pyro.sample("x", self.decode(z), obs=x)
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> None:
-        """q_phi(z|x) = N(mu(x), diag sigma^2(x)), reparameterised (sec. 2.4)."""
+        """q_phi(z|x) = N(mu(x), diag sigma^2(x)), reparameterised (sec. 2.4); with upper
+        layers q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1})."""
         pyro.module(self._pyro_name + ".encoder", self.encoder)
+        if self.stack is None:
+            with self._plate(x, idx):
+                pyro.sample("z", self.encode(x))
+            return
+        pyro.module(self._pyro_name + ".stack.up", self.stack.up)
         with self._plate(x, idx):
-            pyro.sample("z", self.encode(x))
+            z = pyro.sample(self.latent_sites[0], self.encode(x))
+            for name, layer in self.stack.upward():
+                z = pyro.sample(name, layer.distribution(z))
 
     def log_weights(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
         """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape [K, M] (unscaled, per datapoint).
 
         The same densities as ``model``/``guide`` (tests check this), written directly in
         torch so evaluation avoids Pyro's tracing: the mean over K=1 is the ELBO estimate,
-        logsumexp over K minus log K the importance-sampled log p(x).
+        logsumexp over K minus log K the importance-sampled log p(x). With upper layers
+        (z_1 = z, ..., z_L): log p(x|z_1) + log p(z_L) + sum_l log p(z_l|z_{l+1}) - log q(z_1|x)
+        - sum_l log q(z_{l+1}|z_l), every z_l drawn from q in the guide's order.
         """
         q = self.encode(x)
         z = q.rsample((num_samples,))
         log_px_z = self.decode(z).log_prob(x)
-        return log_px_z + self.prior().log_prob(z) - q.log_prob(z)
+        if self.stack is None:
+            return log_px_z + self.prior().log_prob(z) - q.log_prob(z)
+        zs, log_q = self.stack.sample_up(z, q.log_prob(z))
+        return log_px_z + self.stack.log_prob_down(zs, self.prior().log_prob(zs[-1])) - log_q
 
 
 def network_spec(network: str | Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from ..errors import ArgumentError
+from ..layers import layer_specs
 from ..methods import METHODS
 from ..networks import ACTIVATIONS, INITS
 from ..optim import LR_SCHEDULES
@@ -85,6 +87,21 @@ HIDDEN_DIMS = Allowed(
     "a list of positive integers such as [500] (or [])",
     lambda v: isinstance(v, list) and all(is_int(h) and h >= 1 for h in v),
 )
+
+
+def _layers_ok(v: Any) -> bool:
+    try:
+        layer_specs(v)
+    except ArgumentError:
+        return False
+    return isinstance(v, list)
+
+
+UPPER_LAYERS = Allowed(
+    "a list of {latent_dim: <integer >= 1>, hidden_dims: [<integers >= 1>]} mappings "
+    "(or [])",
+    _layers_ok,
+)
 STEP_SIZES = Allowed(
     "null or a non-empty list of step sizes > 0, e.g. [0.01,0.02]",
     lambda v: isinstance(v, list) and bool(v) and all(is_number(x) and x > 0 for x in v),
@@ -132,6 +149,8 @@ class Config:
     # Model (appendix C of the paper)
     latent_dim: int = key(20, integer(1))
     hidden_dims: List[int] = key([500], HIDDEN_DIMS)  # the MLP's encoder and decoder widths
+    # Stochastic layers above z, listed upward: [{latent_dim: 50, hidden_dims: [100, 100]}]
+    upper_layers: List[Any] = key([], UPPER_LAYERS)
     activation: str = key("tanh", one_of(sorted(ACTIVATIONS)))  # the MLP's
     init: str = key("torch", one_of(INITS))  # torch's default | paper: N(0, init_std^2)
     init_std: float = key(0.01, positive())

@@ -25,11 +25,12 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 from ..errors import ArgumentError, ConfigError
 from ..estimators import build_estimator
 from ..fast import FAST_ESTIMATORS
+from ..layers import VAMP_ON_STACK
 from ..likelihoods import build_likelihood
 from ..methods.base import prior_depends_on
 from ..model import check_network
 from ..networks import GaussianEncoder
-from ..priors import build_prior
+from ..priors import VampPrior, build_prior
 from ..training.loggers import build_loggers
 from . import schema
 
@@ -262,7 +263,11 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig, *, here: bool = True) -
     _check_group(plain["dataset"], "dataset", schema.DATASET_KEYS)
     _check_group(plain["optim"], "optim", schema.OPTIM_KEYS)
     _check_loggers(plain["logger"])
-    prior, encoder = build_prior_for_validation(plain["prior"], plain["latent_dim"])
+    layers = plain["upper_layers"]
+    top_dim = layers[-1]["latent_dim"] if layers else plain["latent_dim"]
+    prior, encoder = build_prior_for_validation(plain["prior"], top_dim)
+    if layers and isinstance(prior, VampPrior):
+        raise ConfigError(f"prior: {VAMP_ON_STACK}")
     _within("likelihood", build_likelihood, plain["likelihood"])
     _within("network", check_network, plain["network"])
     estimator = _within("estimator", build_estimator, plain["estimator"], plain["num_particles"])
