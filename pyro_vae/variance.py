@@ -97,7 +97,8 @@ class EstimatorSpec:
         defaults = {
             k: p.default
             for k, p in signature.items()
-            if k != "num_particles" and p.default is not inspect.Parameter.empty
+            if k not in ("num_particles", "max_plate_nesting")
+            and p.default is not inspect.Parameter.empty
         }
         return cls({"name": name, **defaults, **params})
 

@@ -21,7 +21,7 @@ from pyro_vae.config import (
 )
 from pyro_vae.errors import EstimatorError
 from pyro_vae.estimators import ESTIMATORS, build_estimator
-from pyro_vae.estimators.base import NonReparameterized, log_weights, plate_scale
+from pyro_vae.estimators.base import NonReparameterized, log_weights
 from pyro_vae.estimators.sgvb_b import gaussian_kl
 from pyro_vae.evaluate import mean_elbo
 from pyro_vae.model import VAE
@@ -241,7 +241,7 @@ def test_iwae_loss_is_the_importance_weighted_bound():
     elbo = build_estimator({"name": "iwae"}, 5)
     pyro.set_rng_seed(0)
     model_trace, guide_trace = elbo._get_trace(vae.model, vae.guide, (x, idx), {})
-    log_w = log_weights(model_trace, guide_trace)  # [K, M]
+    log_w = log_weights(model_trace, guide_trace, elbo.layout(model_trace, guide_trace))  # [K, M]
     expected = 50 / 4 * (torch.logsumexp(log_w, 0) - math.log(5)).sum()
     pyro.set_rng_seed(0)
     assert elbo.loss(vae.model, vae.guide, x, idx) == pytest.approx(-expected.item())
@@ -256,8 +256,9 @@ def test_dreg_gradients_follow_the_formula():
     _, g = grads(dreg, lg.model, lg.guide, lg.encoder + lg.decoder, x, idx, seed=0)
     pyro.set_rng_seed(0)
     model_trace, guide_trace = dreg._get_trace(lg.model, lg.guide, (x, idx), {})
-    scale = plate_scale(model_trace, guide_trace)
-    log_w = log_weights(model_trace, guide_trace, path_only=True)
+    layout = dreg.layout(model_trace, guide_trace)
+    scale = layout.scale
+    log_w = log_weights(model_trace, guide_trace, layout, path_only=True)
     w = torch.softmax(log_w.detach(), 0)
     phi = torch.autograd.grad(-scale * (w**2 * log_w).sum(), lg.encoder, retain_graph=True)
     theta = torch.autograd.grad(-scale * (w * log_w).sum(), lg.decoder)

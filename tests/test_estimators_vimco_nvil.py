@@ -16,7 +16,7 @@ import pyro_vae
 from pyro_vae.config import ConfigError, compose_config, run_training, validate_config
 from pyro_vae.errors import ArgumentError, EstimatorError
 from pyro_vae.estimators import build_estimator
-from pyro_vae.estimators.base import log_density, particle_shape, plate_scale, sample_sites
+from pyro_vae.estimators.base import log_density, sample_sites
 from pyro_vae.model import VAE
 from pyro_vae.priors import StandardNormal
 
@@ -59,7 +59,7 @@ def test_vimco_gradient_follows_the_formula():
     loss, g = grads(vimco, lg.model, lg.guide, params, x, idx, seed=0)
     pyro.set_rng_seed(0)
     model_trace, guide_trace = vimco._get_trace(lg.model, lg.guide, (x, idx), {})
-    shape = particle_shape(guide_trace)
+    shape = vimco.layout(model_trace, guide_trace)
     assert not any(s["value"].requires_grad for _, s in sample_sites(guide_trace))
     log_q = log_density(guide_trace, shape)
     log_w = log_density(model_trace, shape) - log_q
@@ -72,7 +72,7 @@ def test_vimco_gradient_follows_the_formula():
         signals.append(bound - (torch.logsumexp(replaced, 0) - math.log(k)))
     signal = torch.stack(signals)
     w = torch.softmax(lw, 0)
-    scale = plate_scale(model_trace, guide_trace)
+    scale = shape.scale
     expected = torch.autograd.grad(-scale * (signal * log_q + w * log_w).sum(), params)
     torch.testing.assert_close(flat(g), flat(expected))
     torch.testing.assert_close(loss, -scale * bound.sum())
@@ -169,7 +169,7 @@ def test_nvil_statistics_follow_the_running_averages():
     for seed in range(3):
         pyro.set_rng_seed(seed)
         model_trace, guide_trace = nvil._get_trace(lg.model, lg.guide, (x, idx), {})
-        shape = particle_shape(guide_trace)
+        shape = nvil.layout(model_trace, guide_trace)
         log_w = log_density(model_trace, shape) - log_density(guide_trace, shape)
         nvil.differentiable_loss(lg.model, lg.guide, x, idx)  # builds the network
         b = nvil.net(lg.x[:5]).squeeze(-1)

@@ -137,7 +137,7 @@ def test_sgvb_b_refuses_a_prior_without_a_closed_form_kl_naming_the_site(example
             pyro.sample("obs", dist.Bernoulli(vae.decoder(z + u)).to_event(1), obs=x)
 
     for name in ("sgvb_b", "meanfield"):
-        with pytest.raises(EstimatorError, match=rf"{name}.*guide has no sample site 'u'"):
+        with pytest.raises(EstimatorError, match=rf"{name}.*'u'.*(guide|sampled by)"):
             build_estimator(name).loss(extra_latent_model, vae.guide, x)
 
 

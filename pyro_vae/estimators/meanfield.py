@@ -10,9 +10,10 @@ from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
 from .base import (
-    MAX_PLATE_NESTING,
+    GuessedNesting,
     describe_distribution,
     guide_site,
+    pyro_plate_nesting,
     register,
     sample_sites,
 )
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 @register("meanfield")
-class MeanField_ELBO(TraceMeanField_ELBO):
+class MeanField_ELBO(GuessedNesting, TraceMeanField_ELBO):
     """Pyro's :class:`~pyro.infer.TraceMeanField_ELBO` with L particles vectorised::
 
         L = (N/M) sum_i [-KL(q(z | x_i) || p(z)) + (1/L) sum_l log p(x_i | z_il)]
@@ -38,11 +39,11 @@ class MeanField_ELBO(TraceMeanField_ELBO):
     on every step. See :class:`~pyro_vae.estimators.sgvb_b.SGVB_B` for the hand-derived B.
     """
 
-    def __init__(self, num_particles: int = 1):
+    def __init__(self, num_particles: int = 1, max_plate_nesting: int | None = None):
         super().__init__(
             num_particles=num_particles,
             vectorize_particles=True,
-            max_plate_nesting=MAX_PLATE_NESTING,
+            max_plate_nesting=pyro_plate_nesting(max_plate_nesting),
         )
         self._checked_kl = False
 

@@ -16,10 +16,9 @@ from torch import nn
 from ..errors import refuse
 from .base import (
     EstimatorError,
+    Layout,
     ParticleELBO,
     log_density,
-    particle_shape,
-    plate_scale,
     register,
     sample_sites,
 )
@@ -33,22 +32,35 @@ def _forget_params(prefix: str) -> None:
         del store[name]
 
 
-def observed_input(model_trace: Trace, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
-    """The observed data per datapoint, [M, D]: the values of the model's observed sample
-    sites (each broadcast to the site's [L, M] batch shape, one particle taken, flattened
-    per datapoint), concatenated in trace order. x of any shape [M, ...] works."""
+def observed_input(model_trace: Trace, layout: Layout, dtype: torch.dtype) -> torch.Tensor:
+    """The observed data per datapoint, [U, D]: the values of the model's observed sample
+    sites (each broadcast to the site's batch shape, one particle taken, the data plate's
+    index first and everything else flattened), concatenated in trace order. x of any
+    shape [M, ...] works, and so does a plate nested in the data plate."""
+    if not layout.local:
+        raise EstimatorError(
+            "estimator=nvil's baseline b(x_i) is a function of each datapoint, but no plate "
+            "holds every sample site of this model (a global latent, or sites in separate "
+            "plates), so there is no datapoint to condition on; use estimator=vimco or "
+            "score_function"
+        )
     parts = []
+    n = layout.nesting + 1
+    units = [n + f.dim - 1 for f in layout.units]  # their positions once particles are dropped
     for name, site in sample_sites(model_trace, observed=True):
         fn = site["fn"]
+        batch = torch.Size((1,) * (n - len(fn.batch_shape))) + fn.batch_shape
         try:
-            value = site["value"].expand(shape + fn.event_shape)
+            value = site["value"].expand(batch + fn.event_shape)[0]
         except RuntimeError:
             raise EstimatorError(
                 f"estimator=nvil reads the observed site {name!r} as its baseline's input, but "
-                f"its value of shape {tuple(site['value'].shape)} does not broadcast to "
-                f"(particles, datapoints) + event shape {tuple(shape + fn.event_shape)}"
+                f"its value of shape {tuple(site['value'].shape)} does not broadcast to its "
+                f"batch + event shape {tuple(batch + fn.event_shape)}"
             ) from None
-        parts.append(value[0].reshape(shape[-1], -1).to(dtype))
+        rest = [d for d in range(value.dim()) if d not in units]
+        value = value.permute(*units, *rest)
+        parts.append(value.reshape(layout.shape[1], -1).to(dtype))
     if not parts:
         raise EstimatorError(
             "estimator=nvil's baseline b(x) takes the model's observed data as input, but the "
@@ -103,8 +115,9 @@ class NVIL_ELBO(ParticleELBO):
         hidden_dim: int = 100,
         decay: float = 0.8,
         normalize: bool = True,
+        max_plate_nesting: int | None = None,
     ):
-        super().__init__(num_particles)
+        super().__init__(num_particles, max_plate_nesting)
         if not (
             isinstance(hidden_dim, int) and not isinstance(hidden_dim, bool) and hidden_dim > 0
         ):
@@ -159,12 +172,12 @@ class NVIL_ELBO(ParticleELBO):
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = plate_scale(model_trace, guide_trace)
-        shape = particle_shape(guide_trace)
-        log_p = log_density(model_trace, shape)
-        log_q = log_density(guide_trace, shape)
-        signal = (log_p - log_q).detach()  # l: [L, M]
-        x = observed_input(model_trace, shape, signal.dtype)
+        layout = self.layout(model_trace, guide_trace)
+        scale = layout.scale
+        log_p = log_density(model_trace, layout)
+        log_q = log_density(guide_trace, layout, score=True)
+        signal = (log_p - log_density(guide_trace, layout)).detach()  # l: [L, M]
+        x = observed_input(model_trace, layout, signal.dtype)
         net = pyro.module(self.pyro_name, self.baseline_net(x))
         b = net(x).squeeze(-1)  # [M]
         residual = signal - b.detach()

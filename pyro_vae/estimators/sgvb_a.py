@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, log_weights, plate_scale, register
+from .base import ParticleELBO, log_weights, register
 
 
 @register("sgvb_a")
@@ -17,11 +17,15 @@ class SGVB_A(ParticleELBO):
 
     log p(x, z) sums every model site (prior and likelihood, whatever they are), so A
     works with any prior; its gradient is the pathwise (reparameterisation) gradient of
-    this Monte Carlo average. Assumes reparameterised latent sites (refused otherwise).
+    this Monte Carlo average. On any Pyro model (global latents, nested or subsampled
+    plates, masks, scales: :mod:`~pyro_vae.estimators.base`) it is the same sum of scaled
+    log-densities, averaged over particles. Assumes reparameterised latent sites (refused
+    otherwise).
 
-    The same estimator as Pyro's :class:`~pyro.infer.Trace_ELBO` for this guide: with the
-    same noise the two give the same loss and gradients (``tests/test_estimators.py``).
-    See :class:`~pyro_vae.estimators.sgvb_b.SGVB_B` for the analytic-KL estimator B.
+    The same estimator as Pyro's :class:`~pyro.infer.Trace_ELBO` for such a guide: with the
+    same noise the two give the same loss and gradients (``tests/test_estimators.py``,
+    ``tests/test_estimators_models.py``). See :class:`~pyro_vae.estimators.sgvb_b.SGVB_B`
+    for the analytic-KL estimator B.
     """
 
     name = "sgvb_a"
@@ -29,6 +33,7 @@ class SGVB_A(ParticleELBO):
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        log_w = log_weights(model_trace, guide_trace)
-        bound = plate_scale(model_trace, guide_trace) * log_w.mean(0).sum()
+        layout = self.layout(model_trace, guide_trace)
+        log_w = log_weights(model_trace, guide_trace, layout)
+        bound = layout.scale * log_w.mean(0).sum()
         return bound, bound

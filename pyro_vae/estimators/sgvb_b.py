@@ -13,10 +13,9 @@ from .base import (
     describe_distribution,
     guide_site,
     log_density,
-    particle_shape,
-    plate_scale,
     register,
     sample_sites,
+    site_term,
 )
 
 
@@ -85,8 +84,13 @@ class SGVB_B(ParticleELBO):
 
     Assumes a diagonal Gaussian prior and guide at every latent site (read from the model
     and guide traces, under Pyro's plate broadcasting); any other prior is refused with an
-    error that names it and points to ``sgvb_a``. Agrees with Pyro's
-    :class:`~pyro.infer.TraceMeanField_ELBO` in loss and gradients under the same noise.
+    error that names it and points to ``sgvb_a``. On any Pyro model each site's KL is
+    weighted by the guide site's scale and mask, as Pyro's
+    :class:`~pyro.infer.TraceMeanField_ELBO` weights it, and the two agree in loss and
+    gradients under the same noise. Like it, B assumes a mean-field guide in the model's
+    order: a KL at a site whose prior depends on a latent the guide draws *after* it
+    (q(z_1|x) q(z_2|z_1) against p(z_2) p(z_1|z_2)) is not the expectation the bound needs,
+    so a guide that samples the latent sites in another order than the model is refused.
     """
 
     name = "sgvb_b"
@@ -100,11 +104,28 @@ class SGVB_B(ParticleELBO):
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = particle_shape(guide_trace)
-        log_px_z = log_density(model_trace, shape, observed=True)
-        kl = sum(
-            analytic_kl(guide_site(guide_trace, name, self.name)["fn"], site["fn"], name)
-            for name, site in sample_sites(model_trace, observed=False)
-        )
-        bound = plate_scale(model_trace, guide_trace) * (log_px_z - kl).mean(0).sum()
+        layout = self.layout(model_trace, guide_trace)
+        check_model_order(model_trace, guide_trace, self.name)
+        log_px_z = log_density(model_trace, layout, observed=True)
+        kl = 0
+        for name, site in sample_sites(model_trace, observed=False):
+            q = guide_site(guide_trace, name, self.name)
+            kl = kl + site_term(q, name, layout, analytic_kl(q["fn"], site["fn"], name))
+        bound = layout.scale * (log_px_z - kl).mean(0).sum()
         return bound, bound
+
+
+def check_model_order(model_trace: Trace, guide_trace: Trace, estimator: str) -> None:
+    """Refuse a guide that samples the model's latent sites in another order (Pyro's
+    mean-field requirement for a KL per site)."""
+    model_order = [name for name, _ in sample_sites(model_trace, observed=False)]
+    guide_order = [name for name, _ in sample_sites(guide_trace, observed=False)]
+    guide_order = [name for name in guide_order if name in model_order]
+    if model_order != guide_order:
+        raise EstimatorError(
+            f"estimator={estimator} takes the KL of q from p at each latent site, which needs "
+            f"the guide to sample them in the model's order (mean-field, as Pyro's "
+            f"TraceMeanField_ELBO assumes); the model samples {model_order}, the guide "
+            f"{guide_order} (a hierarchical guide whose sites depend on each other the other "
+            "way round). Use estimator=sgvb_a, stl or dreg"
+        )

@@ -7,7 +7,7 @@ import math
 import torch
 from pyro.poutine import Trace
 
-from .base import ParticleELBO, log_weights, plate_scale, register
+from .base import ParticleELBO, log_weights, register
 
 
 @register("stl")
@@ -21,7 +21,14 @@ class STL_ELBO(ParticleELBO):
     score term -d log q_phi(z)/dphi at fixed z, whose expectation is zero; STL drops it,
     so the estimator stays unbiased and its variance vanishes where q equals the exact
     posterior. The decoder's gradient and the value are those of estimator A.
-    Assumes reparameterised latent sites. Pyro has no such estimator.
+
+    With several latent sites z = (z_1, ..., z_S) (a hierarchical guide q(z_1|x)
+    q(z_2|z_1) ...), dz/dphi is the total derivative of the whole reparameterised draw
+    (z_2 moves with phi directly and through z_1), and only the direct dependence of
+    log q_phi on phi at the fixed point z is dropped: the guide is run once more at z held
+    fixed (:meth:`~pyro_vae.estimators.base.ParticleELBO.fixed_point`), and that run's
+    log q is the score term subtracted. Assumes reparameterised latent sites. Pyro has no
+    such estimator.
     """
 
     name = "stl"
@@ -29,24 +36,26 @@ class STL_ELBO(ParticleELBO):
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        log_w = log_weights(model_trace, guide_trace, path_only=True)
-        bound = plate_scale(model_trace, guide_trace) * log_w.mean(0).sum()
+        layout = self.layout(model_trace, guide_trace)
+        fixed = self.fixed_guide(guide_trace)
+        log_w = log_weights(model_trace, guide_trace, layout, path_only=True, fixed=fixed)
+        bound = layout.scale * log_w.mean(0).sum()
         return bound, bound
 
 
 @register("iwae_stl")
 class IWAE_STL_ELBO(ParticleELBO):
-    """The IWAE bound L_K (:class:`~pyro_vae.estimators.iwae.IWAE_ELBO`) with the score term
-    of q dropped from the encoder gradient ("STL" in Tucker et al. 2018's comparison with
-    DReG, after Roeder et al. 2017)::
+    """The IWAE bound L_K (:class:`~pyro_vae.estimators.iwae.IWAE_ELBO`, its units and
+    scales) with the score term of q dropped from the encoder gradient ("STL" in Tucker et
+    al. 2018's comparison with DReG, after Roeder et al. 2017)::
 
-        grad ~= (N/M) sum_i sum_k w~_ik grad log w'_ik,   w~_ik = softmax_k(log w_ik),
+        grad ~= (N/M) sum_u sum_k w~_uk grad log w'_uk,   w~_uk = softmax_k(log w_uk),
         log w' = log p(x, z) - log q_phi'(z | x)   at phi' = phi held fixed
 
-    The value and the decoder's gradient are IWAE's. The encoder's is biased for grad_phi L_K
-    when K > 1 (the dropped term, sum_k w~_k d log q/dphi, no longer has mean zero under the
-    importance weights; DReG is the unbiased correction); at K = 1 it is ``stl``.
-    Assumes reparameterised latent sites.
+    (several latent sites: as :class:`STL_ELBO`). The value and the decoder's gradient are
+    IWAE's. The encoder's is biased for grad_phi L_K when K > 1 (the dropped term,
+    sum_k w~_k d log q/dphi, no longer has mean zero under the importance weights; DReG is
+    the unbiased correction); at K = 1 it is ``stl``. Assumes reparameterised latent sites.
     """
 
     name = "iwae_stl"
@@ -54,7 +63,9 @@ class IWAE_STL_ELBO(ParticleELBO):
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        log_w = log_weights(model_trace, guide_trace, path_only=True)
+        layout = self.layout(model_trace, guide_trace)
+        fixed = self.fixed_guide(guide_trace)
+        log_w = log_weights(model_trace, guide_trace, layout, path_only=True, fixed=fixed)
         log_mean_w = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
-        bound = plate_scale(model_trace, guide_trace) * log_mean_w.sum()
+        bound = layout.scale * log_mean_w.sum()
         return bound, bound

@@ -7,7 +7,7 @@ import math
 import torch
 from pyro.poutine import Trace
 
-from .base import EstimatorError, ParticleELBO, log_density, particle_shape, plate_scale, register
+from .base import EstimatorError, ParticleELBO, log_density, register
 
 
 @register("vimco")
@@ -31,14 +31,17 @@ class VIMCO_ELBO(ParticleELBO):
     bound with z_j's weight replaced by the geometric mean of the others'), which keeps
     the estimator unbiased for grad L_K and centres each sample's signal on what the other
     K - 1 samples predict. Each datapoint's scores are multiplied by its own signals only.
-    Works with any guide, reparameterisable or not (discrete latents included).
+    Works with any guide, reparameterisable or not (discrete latents included). The units
+    i (one datapoint, or the whole model where a latent is global) and the scales are
+    IWAE's (:class:`~pyro_vae.estimators.iwae.IWAE_ELBO`); the score multiplies the
+    unscaled log q the samples were drawn from.
     """
 
     name = "vimco"
     reparameterized = False
 
-    def __init__(self, num_particles: int = 2):
-        super().__init__(num_particles)  # refuses a non-integer
+    def __init__(self, num_particles: int = 2, max_plate_nesting: int | None = None):
+        super().__init__(num_particles, max_plate_nesting)  # refuses a non-integer
         if num_particles < 2:
             raise EstimatorError(
                 "estimator=vimco needs num_particles >= 2 (the leave-one-out baseline of each "
@@ -49,10 +52,10 @@ class VIMCO_ELBO(ParticleELBO):
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = plate_scale(model_trace, guide_trace)
-        shape = particle_shape(guide_trace)
-        log_q = log_density(guide_trace, shape)
-        log_w = log_density(model_trace, shape) - log_q  # [K, M], z fixed
+        layout = self.layout(model_trace, guide_trace)
+        scale = layout.scale
+        log_w = log_density(model_trace, layout) - log_density(guide_trace, layout)  # z fixed
+        log_q = log_density(guide_trace, layout, score=True)
         lw = log_w.detach()
         k = lw.shape[0]
         bound = torch.logsumexp(lw, dim=0) - math.log(k)  # [M]
