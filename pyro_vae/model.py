@@ -166,6 +166,13 @@ class VAE(PyroModule):
         "zL")`` with upper layers."""
         return self.stack.site_names if self.stack is not None else ("z",)
 
+    def recognition_parameters(self) -> list[nn.Parameter]:
+        """phi: the encoder's parameters and those of the upper layers' q(z_{l+1} | z_l)."""
+        params = list(self.encoder.parameters())
+        if self.stack is not None:
+            params += list(self.stack.up.parameters())
+        return params
+
     def descend(self, z: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """z_1 from a point ``z`` of the prior's space (the top layer), through the upper
         layers' conditional means (or draws, ``sample``); ``z`` itself for one layer."""

@@ -49,12 +49,13 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from .atomic import atomic_write
 from .data import Minibatches
 from .errors import ArgumentError, EstimatorError, RunDirError, refuse
 from .estimators import ESTIMATORS, build_estimator
+from .estimators.base import same_random_state
 from .model import VAE
 from .plots import save_figure
 from .runs import load_run
@@ -148,14 +149,19 @@ def resolve_checkpoints(run: RunDir, checkpoints: str) -> list[str]:
     return names
 
 
+#: Prefixes of a VAE's recognition parameters (phi) in ``named_parameters``.
+PHI_PREFIXES = ("encoder.", "stack.up.")
+
+
 def parameter_group(name: str) -> str:
-    """phi for the encoder's parameters; theta for the rest (decoder, learnable prior)."""
-    return "phi" if name.startswith("encoder.") else "theta"
+    """phi for the encoder's parameters (and the upper layers' q); theta for the rest
+    (decoder, learnable prior, upper layers' p)."""
+    return "phi" if name.startswith(PHI_PREFIXES) else "theta"
 
 
 #: ``groups=`` by name: how parameters are grouped (see :func:`vae_grouping` for a VAE's
 #: ``named_parameters`` and :func:`store_grouping` for Pyro's param store names).
-GROUPINGS = ("module", "layer", "parameter")
+GROUPINGS = ("module", "layer", "parameter", "site")
 GroupSpec = str | Callable[[str], str | None] | None
 
 
@@ -169,6 +175,51 @@ def _layer(path: str) -> str:
     return head or path
 
 
+def check_groups(groups: GroupSpec) -> None:
+    """Refuse a ``groups=`` value that is not a grouping's name, None or a callable."""
+    if not (groups is None or callable(groups) or (isinstance(groups, str) and groups in GROUPINGS)):
+        raise refuse("groups", groups, _allowed_groups())
+
+
+def site_grouping(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    args: tuple,
+    kwargs: dict[str, Any],
+    named: Sequence[tuple[str, torch.Tensor]],
+) -> Callable[[str], str | None]:
+    """``groups=site``: each parameter under the sample sites whose distribution it enters
+    directly, ``q:<site>`` for the guide's and ``p:<site>`` for the model's (a VAE's
+    encoder under ``q:z``, its decoder under ``p:x``, a two-layer VAE's upper recognition
+    layer under ``q:z2``); one that enters several sites is under their names joined by
+    ``+``, one that enters none is left out. Found from one run of the guide, and of the
+    guide and the model again at its values held fixed, so a parameter is not counted at
+    a site it reaches only through an earlier sample; the random state is left as it was.
+    """
+    tensors = [t for _, t in named]
+    owners: dict[str, list[str]] = {name: [] for name, _ in named}
+    with same_random_state(), poutine.block(), torch.enable_grad():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        fixed = guide_trace.copy()
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                fixed.nodes[name] = {**site, "value": site["value"].detach()}
+        for prefix, fn in (("q", guide), ("p", model)):
+            trace = poutine.trace(poutine.replay(fn, trace=fixed)).get_trace(*args, **kwargs)
+            trace = prune_subsample_sites(trace)
+            trace.compute_log_prob()
+            for site_name, site in trace.nodes.items():
+                if site["type"] != "sample" or not site["log_prob"].requires_grad:
+                    continue
+                grads = torch.autograd.grad(
+                    site["log_prob"].sum(), tensors, allow_unused=True, retain_graph=True
+                )
+                for (name, _), g in zip(named, grads, strict=True):
+                    if g is not None:
+                        owners[name].append(f"{prefix}:{site_name}")
+    return lambda name: "+".join(owners.get(name, [])) or None
+
+
 def vae_grouping(groups: GroupSpec = "module") -> Callable[[str], str | None]:
     """Group of a :class:`~pyro_vae.model.VAE` parameter, from its ``named_parameters`` name.
 
@@ -176,6 +227,7 @@ def vae_grouping(groups: GroupSpec = "module") -> Callable[[str], str | None]:
     layer within those, ``phi:trunk.0``, ``phi:loc``, ``theta:logits``, ``theta:prior``
     (the name without ``encoder.``/``decoder.`` and without its last component).
     ``parameter``: one group per tensor, ``phi:trunk.0.weight``. A callable takes the name.
+    ``site`` needs the model's traces: :func:`site_grouping`.
     """
     if callable(groups):
         return groups
@@ -185,6 +237,7 @@ def vae_grouping(groups: GroupSpec = "module") -> Callable[[str], str | None]:
     def within(name: str) -> str:
         top = parameter_group(name)
         path = name.removeprefix("encoder.") if top == "phi" else name.removeprefix("decoder.")
+        path = path.removeprefix("stack.")
         return f"{top}:{_layer(path) if groups == 'layer' else path}"
 
     if groups in ("layer", "parameter"):
@@ -316,9 +369,15 @@ def gradient_statistics(
     (:func:`vae_grouping`); phi's groups come before theta's.
     """
     named = [(n, p) for n, p in vae.named_parameters() if p.requires_grad]
-    members = group_members([n for n, _ in named], vae_grouping(groups))
-    if not callable(groups):  # phi's groups first, whatever the order of the modules
-        members = dict(sorted(members.items(), key=lambda kv: not kv[0].startswith("phi")))
+    if groups == "site":
+        group_of = site_grouping(vae.model, vae.guide, (x, idx), {}, named)
+    else:
+        group_of = vae_grouping(groups)
+    members = group_members([n for n, _ in named], group_of)
+    if not callable(groups):  # phi's (q's) groups first, whatever the order of the modules
+        members = dict(
+            sorted(members.items(), key=lambda kv: not kv[0].startswith(("phi", "q:")))
+        )
     return gradient_moments(
         lambda: elbo.differentiable_loss(vae.model, vae.guide, x, idx),
         [p for _, p in named],
@@ -357,7 +416,7 @@ def estimator_variance(
     """
     _check_lab(repeats, num_particles)
     specs = estimator_specs(estimators)
-    vae_grouping(groups)  # refuse a bad value before any estimate
+    check_groups(groups)  # refuse a bad value before any estimate
     if idx is None:
         idx = torch.arange(x.shape[0], device=x.device)
 
@@ -495,12 +554,17 @@ def gradient_variance(
     counts = [num_particles] if isinstance(num_particles, int) else list(num_particles)
     _check_lab(repeats, counts)
     specs = estimator_specs(estimators)
-    group_of = store_grouping(groups)
+    check_groups(groups)
     store = pyro.get_param_store()
     known = set(store.keys())
     rng = pyro.util.get_rng_state() if seed is not None else None
     try:
         names, params, num_data = _traced_parameters(model, guide, args, kwargs, per_datapoint)
+        if groups == "site":
+            named = list(zip(names, params, strict=True))
+            group_of = site_grouping(model, guide, args, kwargs, named)
+        else:
+            group_of = store_grouping(groups)
         members = group_members(names, group_of)
         if not members:
             raise refuse("groups", groups, f"a grouping that keeps some of {names}")
@@ -561,7 +625,9 @@ def _traced_parameters(
 
 
 def _plate_size(model_trace: Any) -> int:
-    """The full size of the one plate that every sample site of the model lies in."""
+    """The number of units of the plates that every sample site of the model lies in (the
+    product of their full sizes: the data plate's N for a VAE; N times a user's plate of
+    chains around it), as the estimators' importance weights are laid out."""
     shared: set | None = None
     sizes: dict[str, int] = {}
     for site in model_trace.nodes.values():
@@ -571,15 +637,15 @@ def _plate_size(model_trace: Any) -> int:
         for f in site["cond_indep_stack"]:
             sizes[f.name] = int(f.full_size if f.full_size is not None else f.size)
         shared = frames if shared is None else shared & frames
-    if not shared or len(shared) > 1:
-        found = sorted(shared or ())
+    if not shared:
         raise ArgumentError(
-            f"{{key}}=True divides by the size of the one plate every sample site lies in; "
-            f"the model's sample sites share {found or 'no plate'}: pass {{key}}=False for "
-            "the gradient of the loss as the estimator returns it",
+            "{key}=True divides by the size of the plates every sample site lies in; the "
+            "model's sample sites share no plate (a global latent, or sites in separate "
+            "plates): pass {key}=False for the gradient of the loss as the estimator "
+            "returns it",
             "per_datapoint",
         )
-    return sizes[shared.pop()]
+    return math.prod(sizes[name] for name in shared)
 
 
 def variance_lab(
@@ -604,7 +670,7 @@ def variance_lab(
     """
     specs = parse_estimators(estimators)
     _check_lab(repeats, num_particles)
-    vae_grouping(groups)  # refuse a bad value before loading anything
+    check_groups(groups)  # refuse a bad value before loading anything
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise RunDirError(f"run directory {run.path} does not exist")
@@ -837,6 +903,8 @@ VARIANCE_KEYS = {
 _GROUPS_NOTE = {
     "layer": ", one group per layer (phi:trunk.0 = the encoder's first hidden layer)",
     "parameter": ", one group per parameter tensor",
+    "site": ", one group per sample site whose distribution the parameters enter (q:z = the "
+    "guide's z, p:x = the likelihood)",
 }
 
 

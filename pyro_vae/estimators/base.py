@@ -458,12 +458,13 @@ class ParticleELBO(ELBO):
         """The traces' :class:`Layout` (units of importance weighting, outer scale)."""
         return layout_of(model_trace, guide_trace, self.plate_nesting, self.num_particles)
 
-    def fixed_guide(self, guide_trace: Trace) -> Trace | None:
-        """:meth:`fixed_point`'s guide trace where the guide has several latent sites (one
-        may depend on another), None for one site (:func:`path_log_prob` suffices)."""
+    def fixed_traces(self, guide_trace: Trace, with_model: bool = False) -> tuple | None:
+        """:meth:`fixed_point` where the guide has several latent sites (one may depend on
+        another), None for one site (autograd through its value and
+        :func:`path_log_prob` then give the same derivatives, one run cheaper)."""
         if len(sample_sites(guide_trace, observed=False)) < 2:
             return None
-        return self.fixed_point(guide_trace)[0]
+        return self.fixed_point(guide_trace, with_model)
 
     def fixed_point(self, guide_trace: Trace, with_model: bool = False) -> tuple[Trace, ...]:
         """The guide (and the model, ``with_model``) run again at the latent values of

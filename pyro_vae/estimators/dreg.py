@@ -60,22 +60,24 @@ class DReG_ELBO(ParticleELBO):
         layout = self.layout(model_trace, guide_trace)
         scale = layout.scale
         latent = sample_sites(guide_trace, observed=False)
-        several = len(latent) > 1
-        fixed = self.fixed_point(guide_trace, with_model=True) if several else None
+        fixed = self.fixed_traces(guide_trace, with_model=True)
         log_w = log_weights(
-            model_trace, guide_trace, layout, path_only=True, fixed=fixed[0] if fixed else None
+            model_trace, guide_trace, layout, path_only=True, fixed=fixed and fixed[0]
         )
         bound = scale * (torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])).sum()
         w = torch.softmax(log_w.detach(), dim=0)
         surrogate = scale * (w * log_w).sum()
-        if not log_w.requires_grad:  # evaluation without gradients
+        if not log_w.requires_grad or not latent:  # no gradient to take, or no latent site
             return bound, surrogate
-        if several:
+        if fixed is not None:
             guide_fixed, model_fixed = fixed
             log_w_fixed = log_density(model_fixed, layout) - log_density(guide_fixed, layout)
             sites = [s for _, s in latent]
             leaves = [guide_fixed.nodes[name]["value"] for name, _ in latent]
-            grads = torch.autograd.grad(log_w_fixed.sum(), leaves, allow_unused=True)
+            # retained: the fixed guide's log q is also the score term inside log_w
+            grads = torch.autograd.grad(
+                log_w_fixed.sum(), leaves, allow_unused=True, retain_graph=True
+            )
         else:
             sites = [s for _, s in latent if s["value"].requires_grad]
             grads = torch.autograd.grad(

@@ -37,8 +37,10 @@ class STL_ELBO(ParticleELBO):
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
         layout = self.layout(model_trace, guide_trace)
-        fixed = self.fixed_guide(guide_trace)
-        log_w = log_weights(model_trace, guide_trace, layout, path_only=True, fixed=fixed)
+        fixed = self.fixed_traces(guide_trace)
+        log_w = log_weights(
+            model_trace, guide_trace, layout, path_only=True, fixed=fixed and fixed[0]
+        )
         bound = layout.scale * log_w.mean(0).sum()
         return bound, bound
 
@@ -64,8 +66,10 @@ class IWAE_STL_ELBO(ParticleELBO):
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:
         layout = self.layout(model_trace, guide_trace)
-        fixed = self.fixed_guide(guide_trace)
-        log_w = log_weights(model_trace, guide_trace, layout, path_only=True, fixed=fixed)
+        fixed = self.fixed_traces(guide_trace)
+        log_w = log_weights(
+            model_trace, guide_trace, layout, path_only=True, fixed=fixed and fixed[0]
+        )
         log_mean_w = torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
         bound = layout.scale * log_mean_w.sum()
         return bound, bound

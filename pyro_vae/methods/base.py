@@ -61,13 +61,14 @@ def default_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer
 def split_parameters(
     vae: VAE, method: str
 ) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-    """(theta, phi): the generative model's parameters (decoder, prior) and the encoder's.
+    """(theta, phi): the generative model's parameters (decoder, prior, upper layers'
+    p(z_l | z_{l+1})) and the recognition model's (encoder, upper layers' q).
 
     Wake-sleep and MCEM update theta and phi on two different objectives, so a prior
     whose density depends on the encoder's weights (the VampPrior) would have the
     generative model's gradient dropped from phi: refused, naming the prior.
     """
-    phi = list(vae.encoder.parameters())
+    phi = vae.recognition_parameters()
     if prior_depends_on(vae.prior, phi):
         name = getattr(vae.prior, "name", type(vae.prior).__name__)
         raise ArgumentError(
