@@ -97,9 +97,7 @@ def rows_of(opts: dict[str, Any]) -> list[dict[str, Any]]:
     budget, epochs = opts["budget"], opts["epochs"]
     rows = []
 
-    def add(
-        name: str, estimator: str, k: int, extra: list[str], points: int, layers: int
-    ) -> None:
+    def add(name: str, estimator: str, k: int, extra: list[str], points: int, layers: int) -> None:
         paper_preset, cpu_preset, _ = PRESETS[layers]
         preset = f"+experiment={paper_preset if budget == 'paper' else cpu_preset}"
         fast = "true" if estimator == "vae" and budget != "paper" else "false"

@@ -177,7 +177,9 @@ def _layer(path: str) -> str:
 
 def check_groups(groups: GroupSpec) -> None:
     """Refuse a ``groups=`` value that is not a grouping's name, None or a callable."""
-    if not (groups is None or callable(groups) or (isinstance(groups, str) and groups in GROUPINGS)):
+    if not (
+        groups is None or callable(groups) or (isinstance(groups, str) and groups in GROUPINGS)
+    ):
         raise refuse("groups", groups, _allowed_groups())
 
 
@@ -375,9 +377,7 @@ def gradient_statistics(
         group_of = vae_grouping(groups)
     members = group_members([n for n, _ in named], group_of)
     if not callable(groups):  # phi's (q's) groups first, whatever the order of the modules
-        members = dict(
-            sorted(members.items(), key=lambda kv: not kv[0].startswith(("phi", "q:")))
-        )
+        members = dict(sorted(members.items(), key=lambda kv: not kv[0].startswith(("phi", "q:"))))
     return gradient_moments(
         lambda: elbo.differentiable_loss(vae.model, vae.guide, x, idx),
         [p for _, p in named],

@@ -294,7 +294,9 @@ def loss_and_grads(elbo, m, seed=0, params=None):
     pyro.set_rng_seed(seed)
     loss = elbo.differentiable_loss(m.model, m.guide, m.x)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return loss.detach(), [torch.zeros_like(q) if g is None else g for q, g in zip(params, grads)]
+    return loss.detach(), [
+        torch.zeros_like(q) if g is None else g for q, g in zip(params, grads, strict=True)
+    ]
 
 
 def pyro_loss_and_grads(elbo, model, guide, m, seed=0):
@@ -522,14 +524,14 @@ def test_hierarchical_path_derivatives_follow_the_formula(elbo, naive, k):
     params = params_of(m)
     theta, phi = params[:6], params[6:]
     pyro.set_rng_seed(0)
-    model_trace, guide_trace = elbo._get_trace(m.model, m.guide, (m.x,), {})
+    _, guide_trace = elbo._get_trace(m.model, m.guide, (m.x,), {})
     z1, z2 = guide_trace.nodes["z1"]["value"], guide_trace.nodes["z2"]["value"]
     leaves = [z1.detach().requires_grad_(), z2.detach().requires_grad_()]
     log_w = explicit_log_w(m, *leaves)
     partials = torch.autograd.grad(log_w.sum(), leaves)
     w = torch.softmax(log_w.detach(), 0)
     c = torch.full_like(w, 1.0 / k) if k == 1 else w**2
-    path = sum((c * g * z).sum() for g, z in zip(partials, (z1, z2)))
+    path = sum((c * g * z).sum() for g, z in zip(partials, (z1, z2), strict=True))
     expected_phi = torch.autograd.grad(-path, phi)
     log_w_theta = explicit_log_w(m, z1.detach(), z2.detach())
     expected_theta = torch.autograd.grad(

@@ -428,9 +428,7 @@ class ParticleELBO(ELBO):
         if self.plate_nesting is None:
             self.plate_nesting = guess_plate_nesting(model, guide, args, kwargs)
             self.max_plate_nesting = self.plate_nesting + 1
-        particles = pyro.plate(
-            PARTICLE_PLATE, self.num_particles, dim=-(self.plate_nesting + 1)
-        )
+        particles = pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-(self.plate_nesting + 1))
         model, guide = particles(model), particles(guide)
         if not self.reparameterized:
             # Outermost, so it acts after every plate has expanded the distribution.

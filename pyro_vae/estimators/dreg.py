@@ -80,9 +80,7 @@ class DReG_ELBO(ParticleELBO):
             )
         else:
             sites = [s for _, s in latent if s["value"].requires_grad]
-            grads = torch.autograd.grad(
-                log_w.sum(), [s["value"] for s in sites], retain_graph=True
-            )
+            grads = torch.autograd.grad(log_w.sum(), [s["value"] for s in sites], retain_graph=True)
         for site, g in zip(sites, grads, strict=True):
             if g is None:
                 continue

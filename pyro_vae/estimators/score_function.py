@@ -12,12 +12,12 @@ from .base import (
     EstimatorError,
     Layout,
     ParticleELBO,
-    site_plates,
     log_density,
     log_weights,
     register,
     sample_sites,
     score_signals,
+    site_plates,
 )
 
 BASELINES = ("none", "batch", "particles")
