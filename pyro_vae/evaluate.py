@@ -74,9 +74,27 @@ def active_units(
 ) -> int:
     """#{u : Cov_x(E_q[z_u|x]) > threshold} (Burda et al. 2015, sec. 5.2): the latent units
     whose posterior mean varies with x, i.e. that the data use; a unit the KL term has
-    collapsed onto the prior has the same mean for every x."""
-    loc = torch.cat([vae.encoder(x[s])[0] for s in _chunks(x.shape[0], batch_size)])
-    return int((loc.var(dim=0) > threshold).sum().item())
+    collapsed onto the prior has the same mean for every x. With upper layers, the sum
+    over the layers (:func:`active_units_per_layer`)."""
+    return sum(active_units_per_layer(vae, x, threshold, batch_size))
+
+
+@torch.no_grad()
+def active_units_per_layer(
+    vae: VAE, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD, batch_size: int = 1000
+) -> list[int]:
+    """:func:`active_units` of each stochastic layer, the first (next to x) first. E_q[z_1|x]
+    is the encoder's mean; an upper layer's is a Monte Carlo mean over 100 draws of q
+    (:meth:`~pyro_vae.model.VAE.posterior_means`), from a fixed seed of its own, so the
+    count is the same every time and the caller's random stream is left alone."""
+    if getattr(vae, "stack", None) is None:
+        loc = torch.cat([vae.encoder(x[s])[0] for s in _chunks(x.shape[0], batch_size)])
+        return [int((loc.var(dim=0) > threshold).sum().item())]
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        chunks = [vae.posterior_means(x[s]) for s in _chunks(x.shape[0], batch_size)]
+    means = [torch.cat(layer) for layer in zip(*chunks, strict=True)]
+    return [int((m.var(dim=0) > threshold).sum().item()) for m in means]
 
 
 def _fused_bernoulli(vae: VAE) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
@@ -105,7 +123,11 @@ def _fused_bernoulli(vae: VAE) -> Callable[[torch.Tensor, int], torch.Tensor] | 
         if head.bias is not None:
             x_dot_l = x_dot_l + x @ head.bias
         log_px_z = x_dot_l - F.softplus(F.linear(h, head.weight, head.bias)).sum(-1)
-        return log_px_z + vae.prior().log_prob(z) - q.log_prob(z)
+        stack = getattr(vae, "stack", None)
+        if stack is None:
+            return log_px_z + vae.prior().log_prob(z) - q.log_prob(z)
+        zs, log_q = stack.sample_up(z, q.log_prob(z))
+        return log_px_z + stack.log_prob_down(zs, vae.prior().log_prob(zs[-1])) - log_q
 
     return log_weights
 
@@ -156,7 +178,8 @@ def evaluate(
     start = time.perf_counter()
     elbo = mean_elbo(vae, x, batch_size)
     ll = importance_log_likelihood(vae, x, num_samples)
-    active = active_units(vae, x, batch_size=batch_size)  # deterministic: after the draws
+    per_layer = active_units_per_layer(vae, x, batch_size=batch_size)  # after the draws
+    active = sum(per_layer)
     seconds = time.perf_counter() - start
     return {
         "test_elbo": elbo,
@@ -164,6 +187,7 @@ def evaluate(
         "test_log_likelihood_se": (ll.std() / math.sqrt(ll.numel())).item(),
         "importance_samples": num_samples,
         "active_units": active,
+        **({"active_units_per_layer": per_layer} if len(per_layer) > 1 else {}),
         "latent_dim": vae.latent_dim,
         "evaluation_seconds": round(seconds, 2),
     }

@@ -30,6 +30,8 @@ FAST_ESTIMATORS = {"trace_elbo": "A", "sgvb_a": "A", "sgvb_b": "B"}
 def direct_bound(vae: VAE, x: torch.Tensor, estimator: str, num_particles: int = 1) -> torch.Tensor:
     """The ``estimator``'s estimate of the full-data bound (eq. 8) on the minibatch ``x``."""
     kind = FAST_ESTIMATORS[estimator]
+    if kind == "B":
+        vae.require_one_layer("fast=true with estimator=sgvb_b (the KL of q(z|x) from p(z))")
     if kind == "A":
         per_point = vae.log_weights(x, num_particles).mean(0)
     else:

@@ -31,7 +31,9 @@ def log_joint(vae: VAE, x: torch.Tensor) -> LogDensity:
     """z -> log p(z) + log p_theta(x|z) per datapoint: the unnormalised log p_theta(z|x).
 
     ``x`` is [M, D]; z is [..., M, Nz] and the result [..., M] (unscaled: one datapoint each).
+    One stochastic layer only (a VAE with upper layers is refused).
     """
+    vae.require_one_layer("HMC over z (method=mcem, appendix D's estimator)")
 
     def fn(z: torch.Tensor) -> torch.Tensor:
         return vae.prior().log_prob(z) + vae.decode(z).log_prob(x)

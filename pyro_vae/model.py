@@ -166,6 +166,14 @@ class VAE(PyroModule):
         "zL")`` with upper layers."""
         return self.stack.site_names if self.stack is not None else ("z",)
 
+    def require_one_layer(self, what: str) -> None:
+        """Refuse ``what`` (a computation over the one latent z) for a VAE with upper layers."""
+        if self.stack is not None:
+            raise ArgumentError(
+                f"{what} works on one stochastic layer z, but this VAE has upper_layers "
+                f"(latent sites {list(self.latent_sites)}); use a VAE without upper_layers"
+            )
+
     def recognition_parameters(self) -> list[nn.Parameter]:
         """phi: the encoder's parameters and those of the upper layers' q(z_{l+1} | z_l)."""
         params = list(self.encoder.parameters())

@@ -114,12 +114,12 @@ def latent_grid(vae: VAE, n: int) -> tuple[torch.Tensor, str]:
 @torch.no_grad()
 def plot_manifold(vae: VAE, image_shape: Sequence[int], path: Path, n: int = 20) -> Path:
     z, note = latent_grid(vae, n)
-    grid = image_grid(vae.decode_mean(z), image_shape, n)
-    if vae.latent_dim == 2:
+    grid = image_grid(vae.decode_mean(vae.descend(z)), image_shape, n)
+    if vae.prior.latent_dim == 2:
         title = f"Learned 2-D manifold ({note})"
     else:
         title = (
-            f"2-D slice of the {vae.latent_dim}-D latent space: z1, z2 varied "
+            f"2-D slice of the {vae.prior.latent_dim}-D latent space: z1, z2 varied "
             f"({note}), other dims at the prior median"
         )
     return _show_grid(grid, title, path)
@@ -129,10 +129,11 @@ def plot_manifold(vae: VAE, image_shape: Sequence[int], path: Path, n: int = 20)
 def plot_samples(
     vae: VAE, image_shape: Sequence[int], path: Path, n: int = 100, seed: int = 0
 ) -> Path:
-    """Decoder means at z ~ p(z) (Figure 5)."""
+    """Decoder means at z ~ p(z) (Figure 5); with upper layers, z_1 drawn ancestrally from
+    p(z_L) p(z_{L-1}|z_L) ... p(z_1|z_2)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        z = vae.prior().sample((n,))
+        z = vae.descend(vae.prior().sample((n,)), sample=True)
     ncol = math.ceil(math.sqrt(n))
     grid = image_grid(vae.decode_mean(z), image_shape, ncol)
     return _show_grid(grid, f"Random samples: decoder mean at z ~ p(z), Nz={vae.latent_dim}", path)
@@ -160,6 +161,7 @@ def plot_aggregate_posterior(
     they leave regions of high prior density, or crowd where it is low, the prior and the
     encoder disagree (the KL term of the ELBO pays for it). Coloured by ``labels`` if given.
     """
+    vae.require_one_layer("the aggregate-posterior plot")
     if vae.latent_dim != 2:
         raise refuse("latent_dim", vae.latent_dim, "2 for the aggregate-posterior plot")
     with torch.random.fork_rng(devices=[]):
@@ -230,7 +232,8 @@ def plot_figures(
         out.append(
             plot_reconstructions(vae, data.test, image_shape, out_dir / "reconstructions.png")
         )
-    if "aggregate_posterior" in figures and vae.latent_dim == 2 and data is not None:
+    one_layer = getattr(vae, "stack", None) is None
+    if "aggregate_posterior" in figures and one_layer and vae.latent_dim == 2 and data is not None:
         path = out_dir / "aggregate_posterior.png"
         out.append(plot_aggregate_posterior(vae, data.test, path, data.dataset.test_labels))
     return out

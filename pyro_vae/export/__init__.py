@@ -99,6 +99,8 @@ def export_model(
     if backend not in BACKENDS:
         raise refuse("backend", backend, f"one of {list(BACKENDS)}")
     vae, meta, origin = _source(source, checkpoint)
+    if getattr(vae, "stack", None) is not None:
+        vae.require_one_layer("pyro-vae export (an encoder x -> z and a decoder z -> x)")
     if x_dim is not None:
         meta["x_dim"] = x_dim
     out = Path(out_dir)

@@ -59,6 +59,8 @@ class AEVB:
                     f"{sorted(FAST_ESTIMATORS)}",
                 )
             self.fast_estimator = estimator if fast else None
+            if fast and FAST_ESTIMATORS[estimator] == "B":
+                vae.require_one_layer(f"fast=true with estimator={estimator}")
             estimator = build_estimator(estimator, num_particles, **estimator_params)
         elif fast:
             raise refuse("fast", True, "false with an estimator object (fast needs its name)")

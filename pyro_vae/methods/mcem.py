@@ -76,6 +76,7 @@ class MCEM:
             raise refuse("target_accept", target_accept, "a number in (0, 1)")
         if vae.num_data is None:
             raise ArgumentError("MCEM keeps one chain per training point: set vae.num_data")
+        vae.require_one_layer("method=mcem (HMC over z)")
         self.vae = vae
         self.description = "method=mcem"
         self.leapfrog_steps, self.hmc_steps, self.m_steps = leapfrog_steps, hmc_steps, m_steps
