@@ -3,7 +3,8 @@ synthetic one with a known likelihood, and the user's own arrays.
 
 ``load_dataset`` returns a :class:`Dataset`: float32 ``[N, D]`` train and test tensors, values in
 ``[0, 1]`` for the images. Built-in image datasets, each looked for under a data directory
-(see :func:`resolve_data_dir`) and verified against known checksums before use
+(see :func:`resolve_data_dir`; for MNIST and Frey Face also in the repository's read-only
+copies, :func:`shipped_data_dirs`) and verified against known checksums before use
 (:mod:`.download`, which also fetches missing files when ``download=True``):
 
 - ``"mnist"``: ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``, torchvision's
@@ -23,6 +24,9 @@ Files of none:
   log-likelihood comes with them (:mod:`.synthetic`).
 - ``"array"``: the user's own ``.npy`` / ``.npz`` / ``.pt`` file.
 
+Any image dataset of ``torchvision.datasets`` by its class name, with ``library="torchvision"``
+(the ``[vision]`` extra; :mod:`.vision`).
+
 Errors (from :mod:`pyro_vae.errors`): :class:`ArgumentError` for a refused argument,
 :class:`DataNotFoundError` for absent files, :class:`ChecksumError` for a present file that is not
 the known one, :class:`DataError` for any other data that cannot be used; each names the file.
@@ -38,10 +42,11 @@ import pickle
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -74,6 +79,13 @@ DATASET_NAMES = (
     "array",
 )
 FREY_FACE_TEST_SIZE = 200
+#: The repository's read-only copies of datasets, relative to a clone's root (MNIST ships
+#: there; experiments/data/README.md says which datasets and why).
+SHIPPED_DATA = Path("experiments") / "data"
+#: The datasets looked for in :data:`SHIPPED_DATA` too: their readers write nothing.
+SHIPPED_DATASETS = ("mnist", "frey_face")
+#: ``library=`` values of :func:`load_dataset`: another library's datasets by class name.
+LIBRARIES = ("torchvision",)
 #: linear_gaussian's arguments of :func:`load_dataset` and their defaults
 LINEAR_GAUSSIAN_DEFAULTS = {
     "dim": 20,
@@ -124,13 +136,41 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     if set, else ``./data`` relative to the current directory; ``~`` expanded, made absolute.
 
     Raises :class:`ArgumentError` for a ``~user`` whose home directory is unknown."""
+    return _chosen_data_dir(data_dir) or Path("data").absolute()
+
+
+def _chosen_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
+    """The data directory the caller chose (``data_dir`` or ``$PYRO_VAE_DATA_DIR``), or None."""
     for key, candidate in (
         ("data_dir", data_dir),
         (f"${DATA_DIR_ENV}", os.environ.get(DATA_DIR_ENV)),
     ):
         if candidate is not None and str(candidate) != "":
             return _expand(key, candidate).absolute()
-    return Path("data").absolute()
+    return None
+
+
+def shipped_data_dirs() -> list[Path]:
+    """The repository's read-only copies of datasets (:data:`SHIPPED_DATA`) that exist:
+    ``experiments/data`` under the current directory (the root of a clone), then the one
+    beside the imported ``pyro_vae`` package (an editable install from a clone, found from
+    any directory). A wheel carries none.
+
+    :func:`load_dataset` reads :data:`SHIPPED_DATASETS` from there, in place and verified
+    like any file, when no data directory was chosen (neither ``data_dir`` nor
+    ``$PYRO_VAE_DATA_DIR``) and ``./data`` lacks them; nothing is ever written there."""
+    found: list[Path] = []
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        folder = (root / SHIPPED_DATA).resolve()
+        if folder.is_dir() and folder not in found:
+            found.append(folder)
+    return found
+
+
+def is_shipped_path(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lies in (or is) one of :func:`shipped_data_dirs`."""
+    resolved = Path(path).expanduser().resolve()
+    return any(resolved == d or d in resolved.parents for d in shipped_data_dirs())
 
 
 def load_dataset(
@@ -149,8 +189,14 @@ def load_dataset(
     num_points: int | None = None,
     test_points: int | None = None,
     seed: int | None = None,
+    library: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    train_split: Any = None,
+    test_split: Any = None,
 ) -> Dataset:
-    """Load one of :data:`DATASET_NAMES`.
+    """Load one of :data:`DATASET_NAMES`, or with ``library="torchvision"`` the image dataset
+    of ``torchvision.datasets`` whose class is ``name``.
 
     Built-in image datasets (``data_dir``, ``download``, ``mirrors`` apply):
 
@@ -191,8 +237,22 @@ def load_dataset(
     training set. ``image_shape`` is the argument if given, else ``(H, W)`` of 3-D data, else a
     square if D is a perfect square, else None.
 
+    ``library="torchvision"`` (the ``[vision]`` extra): ``name`` is a class of
+    ``torchvision.datasets`` whose items are images (``"FashionMNIST"``, ``"EMNIST"``,
+    ``"SVHN"``, ``"CIFAR10"``, ``"Omniglot"``, ...), built under ``root`` (default: the data
+    directory) with ``download=download`` and the keyword arguments ``options`` (e.g.
+    ``{"split": "balanced"}`` for EMNIST), and converted once to float32 ``[N, D]`` in
+    [0, 1] with its ``image_shape`` (:func:`~pyro_vae.data.vision.load_torchvision_dataset`:
+    ``train_split`` / ``test_split`` override the values of its train/test argument,
+    ``test_fraction`` splits a class without one).
+
     ``train_size`` keeps the first ``train_size`` training points (Figure 3 of the paper uses
     1000 to show overfitting).
+
+    MNIST and Frey Face are also looked for in the repository's read-only copies
+    (:func:`shipped_data_dirs`) when no data directory was chosen (``data_dir`` and
+    ``$PYRO_VAE_DATA_DIR`` unset) and ``./data`` lacks them; files are downloaded into the
+    data directory only when neither has them.
 
     Raises :class:`ArgumentError` for an unknown ``name``, ``path`` missing for ``"array"`` or
     given for another dataset (likewise ``test_path`` and ``image_shape``; ``dim``,
@@ -202,10 +262,19 @@ def load_dataset(
     ``FileNotFoundError``) for absent files that could not be downloaded; :class:`ChecksumError`
     for a present file that is not the known one; :class:`DataError` for any other file that
     cannot be used (unreadable, wrong shape, empty, NaN or Inf)."""
-    if name not in DATASET_NAMES:
+    if library is not None and library not in LIBRARIES:
+        raise refuse("library", library, f"None or one of {list(LIBRARIES)}")
+    if library is None and name not in DATASET_NAMES:
         raise refuse("name", name, f"a dataset name, one of {', '.join(DATASET_NAMES)}")
+    owner_of_name = f"library={library}" if library else name
     # arguments that only one dataset reads, refused for the others rather than ignored
     own_arguments = {
+        "library=torchvision": {
+            "root": root,
+            "options": options,
+            "train_split": train_split,
+            "test_split": test_split,
+        },
         "array": {"path": path, "test_path": test_path, "image_shape": image_shape},
         "linear_gaussian": {
             "dim": dim,
@@ -217,15 +286,36 @@ def load_dataset(
     }
     for owner, given in own_arguments.items():
         misplaced = [key for key, value in given.items() if value is not None]
-        if owner != name and misplaced:
+        if owner != owner_of_name and misplaced:
             several = len(misplaced) > 1
+            where = owner if owner.startswith("library=") else f"name={owner!r}"
             raise ArgumentError(
                 f"{', '.join(misplaced)} only {'apply' if several else 'applies'} to "
-                f"name={owner!r}, not {name!r}; leave {'them' if several else 'it'} unset"
+                f"{where}, not {name!r}; leave {'them' if several else 'it'} unset"
             )
 
     settings: dict = {"name": name, "data_dir": None if data_dir is None else str(data_dir)}
-    if name == "array":
+    if library is not None:
+        from .vision import load_torchvision_dataset  # imports this module
+
+        dataset = load_torchvision_dataset(
+            name,
+            resolve_data_dir(data_dir) if root is None else _expand("root", root),
+            download=download,
+            options=dict(options or {}),
+            train_split=train_split,
+            test_split=test_split,
+            test_fraction=test_fraction,
+        )
+        settings.update(
+            library=library,
+            root=None if root is None else str(root),
+            options=dict(options or {}),
+            train_split=train_split,
+            test_split=test_split,
+            test_fraction=test_fraction,
+        )
+    elif name == "array":
         if path is None:
             raise refuse("path", None, "a .npy, .npz or .pt file, which name='array' reads")
         dataset = _load_array(path, test_path, test_fraction, image_shape)
@@ -244,7 +334,13 @@ def load_dataset(
         settings.update(arguments)
     else:
         urls = mirror_list(MIRRORS[name] if mirrors is None else mirrors)
-        dataset = _FILE_LOADERS[name](resolve_data_dir(data_dir), urls, download)
+        loader = _FILE_LOADERS[name]
+        if name in SHIPPED_DATASETS:
+            # the repository's copies serve only the default lookup: a directory the user
+            # chose is the one searched
+            shipped = [] if _chosen_data_dir(data_dir) else shipped_data_dirs()
+            loader = partial(loader, shipped=shipped)
+        dataset = loader(resolve_data_dir(data_dir), urls, download)
     settings["train_size"] = train_size
     dataset = replace(dataset, settings=settings)
     if train_size is None:
@@ -318,6 +414,32 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
 # --- built-in datasets ---------------------------------------------------------------------
 
 
+def _advice(name: str, shipped: Sequence[Path]) -> str:
+    """The message's last lines when a built-in dataset's files are absent."""
+    if name != "mnist":
+        return _ADVICE
+    if shipped:
+        looked = ", ".join(str(d) for d in shipped)
+        return f"Also searched (read only): {looked}.\n{_ADVICE}"
+    return (
+        f"{_ADVICE}\nA clone of the pyro-vae repository carries MNIST in {SHIPPED_DATA}, "
+        "found when the command runs from the clone's root with data_dir unset."
+    )
+
+
+def _read_idx_file(path: Path, magic: int) -> np.ndarray:
+    """An idx file's array: uncompressed files by torchvision's own reader where torchvision
+    is installed (what its downloads leave), else (and for ``.gz`` files) by
+    :func:`read_idx`. Both give the same array."""
+    from .vision import read_idx_with_torchvision  # imports this module
+
+    if path.suffix != ".gz":
+        array = read_idx_with_torchvision(path, magic)
+        if array is not None:
+            return array
+    return read_idx(path, magic)
+
+
 @dataclass(frozen=True)
 class _IdxDataset:
     """A dataset in MNIST's idx format and torchvision's layout."""
@@ -342,10 +464,15 @@ _IDX_DATASETS = {
 
 
 def _load_idx_dataset(
-    spec: _IdxDataset, data_dir: Path, urls: list[str], download: bool
+    spec: _IdxDataset,
+    data_dir: Path,
+    urls: list[str],
+    download: bool,
+    shipped: Sequence[Path] = (),
 ) -> Dataset:
-    """MNIST, Fashion-MNIST or KMNIST (``spec``): 28x28 images and their labels, if present."""
-    raw = data_dir / spec.folder / "raw"
+    """MNIST, Fashion-MNIST or KMNIST (``spec``): 28x28 images and their labels, if present,
+    from the first of ``data_dir`` and the read-only ``shipped`` folders that holds both
+    image files; downloaded into ``data_dir`` when none does."""
     stems = {
         "train": "train-images-idx3-ubyte",
         "test": "t10k-images-idx3-ubyte",
@@ -353,35 +480,42 @@ def _load_idx_dataset(
         "test_labels": "t10k-labels-idx1-ubyte",
     }
 
-    def present(stem: str) -> Path | None:
+    def present(raw: Path, stem: str) -> Path | None:
         candidates = (
             (raw / f"{stem}.gz", raw / stem) if spec.uncompressed else (raw / f"{stem}.gz",)
         )
         return next((p for p in candidates if p.is_file()), None)
 
-    if present(stems["train"]) is None or present(stems["test"]) is None:
+    def complete(raw: Path) -> bool:
+        return present(raw, stems["train"]) is not None and present(raw, stems["test"]) is not None
+
+    folders = [root / spec.folder / "raw" for root in (data_dir, *shipped)]
+    raw = next((folder for folder in folders if complete(folder)), folders[0])
+    if not complete(raw):
         # a fresh download fetches the labels too, but missing labels alone trigger nothing:
         # they are only used for plots
-        missing = [f"{stem}.gz" for stem in stems.values() if present(stem) is None]
+        missing = [f"{stem}.gz" for stem in stems.values() if present(raw, stem) is None]
         if spec.uncompressed:
             note = "Uncompressed copies (same names without .gz) work too; labels are optional."
         else:
             note = "Labels are optional."
-        obtain(raw, missing, urls, download, spec.title, note, _ADVICE, spec.checksum_prefix)
+        advice = _advice(spec.name, shipped)
+        obtain(raw, missing, urls, download, spec.title, note, advice, spec.checksum_prefix)
 
     arrays: dict[str, torch.Tensor | None] = {}
     sources = []
     for key, stem in stems.items():
-        file = present(stem)
+        file = present(raw, stem)
         if file is None:
             arrays[key] = None
             continue
         verify_file(file, spec.checksum_prefix + file.name)
         sources.append(str(file))
         if key.endswith("labels"):
-            arrays[key] = torch.from_numpy(read_idx(file, _IDX_LABELS).astype(np.int64))
+            labels = _read_idx_file(file, _IDX_LABELS)
+            arrays[key] = torch.from_numpy(np.asarray(labels).astype(np.int64))
         else:
-            images = read_idx(file, _IDX_IMAGES)
+            images = _read_idx_file(file, _IDX_IMAGES)
             if images.shape[1:] != (28, 28):
                 raise DataError(f"{file}: expected 28x28 images, got {images.shape[1:]}")
             arrays[key] = _grey_levels(images)
@@ -403,11 +537,14 @@ def _load_idx_dataset(
     )
 
 
-def _load_frey_face(data_dir: Path, urls: list[str], download: bool) -> Dataset:
-    directory = data_dir / "FreyFace"
-    file = directory / "frey_rawface.mat"
+def _load_frey_face(
+    data_dir: Path, urls: list[str], download: bool, shipped: Sequence[Path] = ()
+) -> Dataset:
+    files = [root / "FreyFace" / "frey_rawface.mat" for root in (data_dir, *shipped)]
+    file = next((f for f in files if f.is_file()), files[0])
     if not file.is_file():
-        obtain(directory, [file.name], urls, download, "Frey Face", advice=_ADVICE)
+        advice = _advice("frey_face", shipped)
+        obtain(file.parent, [file.name], urls, download, "Frey Face", advice=advice)
     verify_file(file)
     try:
         ff = scipy.io.loadmat(file, variable_names=["ff"]).get("ff")

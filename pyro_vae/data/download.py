@@ -192,6 +192,20 @@ def obtain(
     ends the message with how to point the caller at a directory that holds the files.
     """
     urls = {name: [base.rstrip("/") + "/" + name for base in bases] for name in names}
+    with no_new_empty_directories(directory):
+        return _obtain(directory, names, urls, download, what, note, advice, checksum_prefix)
+
+
+def _obtain(
+    directory: Path,
+    names: Sequence[str],
+    urls: dict[str, list[str]],
+    download: bool,
+    what: str,
+    note: str,
+    advice: str,
+    checksum_prefix: str,
+) -> list[Path]:
     failures: list[str] = []
     written: list[Path] = []
     if download:
@@ -222,6 +236,50 @@ def obtain(
     if advice:
         lines.append(advice)
     raise DataNotFoundError("\n".join(lines))
+
+
+@contextlib.contextmanager
+def no_new_empty_directories(directory: Path, depth: int = 3) -> Iterator[None]:
+    """Leave no empty directory behind when the block raises: the directories it created
+    and left empty, ``directory`` and its ancestors included, are removed (down to
+    ``depth`` levels under ``directory``). A download that failed, or was refused, leaves
+    the disk as it found it; files, and directories that existed before, are never touched.
+    """
+    directory = Path(directory).absolute()
+    base = next(p for p in (directory, *directory.parents) if p.exists())
+    before = _tree(directory, depth)
+    try:
+        yield
+    except BaseException:
+        new = sorted(_tree(directory, depth) - before, key=lambda p: len(p.parts), reverse=True)
+        ancestors = [p for p in (directory, *directory.parents) if base in p.parents]
+        for folder in [*new, *ancestors]:
+            with contextlib.suppress(OSError):  # not empty (or already gone): kept
+                folder.rmdir()
+        raise
+
+
+def _tree(directory: Path, depth: int) -> set[Path]:
+    """``directory`` and the directories under it, ``depth`` levels down, that exist."""
+    if not directory.is_dir():
+        return set()
+    found, level = {directory}, [directory]
+    for _ in range(depth):
+        level = [
+            child
+            for folder in level
+            for child in _children(folder)
+            if child.is_dir() and not child.is_symlink()
+        ]
+        found.update(level)
+    return found
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:  # unreadable: nothing of ours to remove there
+        return []
 
 
 def _download(target: Path, urls: Sequence[str], failures: list[str], key: str) -> Path | None:

@@ -45,7 +45,13 @@ from ..errors import DataError
 from .datasets import Dataset
 from .prepared import tensor_dataset
 
-__all__ = ["TorchData", "is_torch_data", "tensor_from_torch_data", "torch_dataset"]
+__all__ = [
+    "TorchData",
+    "is_torch_data",
+    "tensor_from_torch_data",
+    "tensors_and_labels",
+    "torch_dataset",
+]
 
 #: What :func:`tensor_from_torch_data` takes.
 TorchData = TorchDataset | DataLoader
@@ -67,6 +73,14 @@ def tensor_from_torch_data(obj: TorchData, name: str = "data") -> torch.Tensor:
     items of different shapes, and for an empty dataset.
     """
     return _collect(obj, name)[0]
+
+
+def tensors_and_labels(
+    obj: TorchData, name: str = "data"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`tensor_from_torch_data`'s tensor and the items' integer targets as int64
+    labels (None unless every item has one)."""
+    return _collect(obj, name)
 
 
 def torch_dataset(
