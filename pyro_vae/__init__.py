@@ -34,6 +34,7 @@ from .errors import (
     NonFiniteError,
     PyroVAEError,
     RunDirError,
+    RunMismatchError,
     TrainingError,
     TrainingInterrupted,
 )
@@ -141,6 +142,7 @@ __all__ = [
     "RunData",
     "RunDir",
     "RunDirError",
+    "RunMismatchError",
     "StandardNormal",
     "TensorBoardLogger",
     "Trainer",

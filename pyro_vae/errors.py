@@ -91,6 +91,13 @@ class CheckpointError(RunDirError):
     """A checkpoint file that is missing, truncated or does not match its checksum."""
 
 
+class RunMismatchError(RunDirError):
+    """A run directory or checkpoint that holds another run than the one asked for: a
+    finished run of another configuration (``overwrite=True`` retrains it), a resume that
+    would change the run, or a checkpoint of another architecture than the model given.
+    The message names what differs."""
+
+
 class NonFiniteError(PyroVAEError, ArithmeticError):
     """A loss or gradient is NaN or Inf; raised before the parameters are updated."""
 

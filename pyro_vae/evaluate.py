@@ -8,19 +8,32 @@ It is a stochastic lower bound on log p(x) that tightens as K grows.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
-from .errors import refuse
+from .checks import SEED, Allowed, check_arguments, integer
+from .data import check_data_for_likelihood
+from .errors import DataError, refuse
 from .likelihoods import Bernoulli
 from .model import VAE
 from .networks import MLPDecoder
+
+#: What the arguments of :func:`evaluate` allow (``pyro-vae evaluate`` and the
+#: configuration's ``eval_num_samples`` are checked with the same objects).
+EVALUATE_CHECKS: dict[str, Allowed] = {
+    "num_samples": integer(1),
+    "batch_size": integer(1),
+    "seed": SEED,
+}
 
 # Elements of the largest [K, M, D] tensor evaluated at once: 8 MB in float32. Chunks this
 # small stay in the CPU's caches, and their temporaries stay under glibc's mmap threshold
@@ -45,23 +58,49 @@ def mean_elbo(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> float:
 
 @torch.no_grad()
 def importance_log_likelihood(
-    vae: VAE, x: torch.Tensor, num_samples: int = 1000, max_elements: int = _MAX_ELEMENTS
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    max_elements: int = _MAX_ELEMENTS,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Per-datapoint importance-sampled log p(x) with K = ``num_samples``, shape [N].
 
     Points are processed in chunks so that the [K, M, D] decoder output stays under
     ``max_elements``; all K samples of a point are drawn in one vectorised pass.
+    ``progress``: tqdm's bar over the points, with the time left (shown once it has run
+    for two seconds).
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise refuse("num_samples", num_samples, "an integer >= 1")
+    EVALUATE_CHECKS["num_samples"].check("num_samples", num_samples)
     width = _widest_layer(vae, x.shape[1])
     points = max(1, max_elements // (num_samples * width))
     out = []
     fused = _fused_bernoulli(vae)
-    for s in _chunks(x.shape[0], points):
-        log_w = fused(x[s], num_samples) if fused else vae.log_weights(x[s], num_samples)
-        out.append(torch.logsumexp(log_w, dim=0) - math.log(num_samples))
+    with _progress_bar(progress, x.shape[0], f"log p(x), K={num_samples}") as bar:
+        for s in _chunks(x.shape[0], points):
+            log_w = fused(x[s], num_samples) if fused else vae.log_weights(x[s], num_samples)
+            out.append(torch.logsumexp(log_w, dim=0) - math.log(num_samples))
+            bar.update(s.stop - s.start)
     return torch.cat(out)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int, description: str) -> Iterator[tqdm]:
+    """The training bar's style (:class:`~pyro_vae.training.hooks.ProgressBar`) over points;
+    shown only once the work has taken two seconds, so quick evaluations print nothing."""
+    bar = tqdm(
+        total=total,
+        disable=not enabled,
+        unit="point",
+        desc=description,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        delay=2.0,
+    )
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 #: Burda et al. (2015, sec. 5.2)'s threshold on Cov_x(E_q[z_u|x]) for an active unit.
@@ -168,16 +207,108 @@ def _output_sizes(decoder: nn.Module, latent_dim: int) -> list[int]:
     return sizes
 
 
+def check_model_data(vae: VAE, x: Any, name: str = "x") -> torch.Tensor:
+    """``x`` as ``vae`` takes it, or a :class:`~pyro_vae.errors.DataError` naming ``name``.
+
+    A tensor ``[N, D]`` (or images ``[N, H, W]``, flattened as :func:`pyro_vae.train`
+    flattens them) with N >= 1 finite values per row; integers and booleans become float32
+    as in training; moved to the model's device. Checked against the model: inside its
+    likelihood's support (the check training makes), and with the number of values per
+    point its networks take (one point through the model, in eval mode and without
+    touching the random stream, so a wrong width is named here rather than as torch's
+    ``mat1 and mat2 shapes cannot be multiplied``)."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(
+            f"{name}={_short(x)} is not allowed: expected a tensor [N, D] (torch.as_tensor "
+            "converts an array)"
+        )
+    if x.dtype.is_complex:
+        raise DataError(f"{name} holds complex numbers ({x.dtype}): expected real numbers")
+    if x.ndim == 3:
+        x = x.reshape(x.shape[0], -1)
+    if x.ndim != 2:
+        hint = "; x.unsqueeze(1) makes one value per point" if x.ndim == 1 else ""
+        raise DataError(
+            f"{name} has shape {list(x.shape)}: expected [N, D] data (or [N, H, W] images){hint}"
+        )
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
+    check_data_for_likelihood(x, None, where=name)
+    check = getattr(getattr(vae, "likelihood", None), "check", None)
+    if callable(check):
+        check(x, name)
+    x = x.to(_device_of(vae))
+    check_model_width(vae, x, name)
+    return x
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def check_model_width(vae: VAE, x: torch.Tensor, name: str = "x") -> None:
+    """A DataError naming ``name`` unless one point of ``x`` [N, D] goes through
+    ``vae.log_weights`` to one log-weight: in eval mode (no batch-norm statistics updated,
+    no dropout drawn), without gradients, the random state restored after it."""
+    device = _device_of(vae)
+    modes = {m: m.training for m in vae.modules()}
+    devices = [device] if device.type == "cuda" else []
+    try:
+        vae.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            out = vae.log_weights(x[:1], 1)
+    except (RuntimeError, ValueError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"{name} has {x.shape[1]} values per point, which this model does not take "
+            f"({first}); the model was built for data of another width"
+        ) from None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if tuple(out.shape) != (1, 1):
+        raise DataError(
+            f"{name} has {x.shape[1]} values per point: the model's log-weights for one "
+            f"point have shape {list(out.shape)}, not [1, 1]; the model was built for data "
+            "of another width"
+        )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"<{type(value).__name__}>"
+
+
 def evaluate(
-    vae: VAE, x: torch.Tensor, num_samples: int = 1000, batch_size: int = 1000, seed: int = 0
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 1000,
+    batch_size: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Mean ELBO, importance-sampled log p(x) (K = ``num_samples``, with its standard
     error) and active units (:func:`active_units`) of ``vae`` on ``x`` [N, D], from the
-    random state ``seed``."""
+    random state ``seed``.
+
+    ``x`` is checked first (:func:`check_model_data`: a tensor of finite values, in the
+    likelihood's support, of the model's width) and so are ``num_samples``, ``batch_size``
+    (integers >= 1) and ``seed`` (0..2^32-1): a :class:`~pyro_vae.errors.DataError` or
+    :class:`~pyro_vae.errors.ArgumentError` naming the argument. ``progress``: a bar with
+    the time left over the importance sampling, shown once it has taken two seconds
+    (K = 1000 on 10000 images takes minutes).
+    """
+    check_arguments(
+        {"num_samples": num_samples, "batch_size": batch_size, "seed": seed}, EVALUATE_CHECKS
+    )
+    if not isinstance(progress, bool):
+        raise refuse("progress", progress, "true or false")
+    x = check_model_data(vae, x)
     torch.manual_seed(seed)
     start = time.perf_counter()
     elbo = mean_elbo(vae, x, batch_size)
-    ll = importance_log_likelihood(vae, x, num_samples)
+    ll = importance_log_likelihood(vae, x, num_samples, progress=progress)
     per_layer = active_units_per_layer(vae, x, batch_size=batch_size)  # after the draws
     active = sum(per_layer)
     seconds = time.perf_counter() - start

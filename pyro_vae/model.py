@@ -28,10 +28,18 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from .checks import HIDDEN_DIMS, Allowed, check_arguments, integer, one_of, positive, resolve_device
 from .errors import ArgumentError, refuse
 from .layers import VAMP_ON_STACK, LatentStack, layer_specs
 from .likelihoods import LikelihoodLike, get_likelihood, likelihood_heads, upgrade_settings
-from .networks import GaussianEncoder, MLPDecoder, build_user_network, init_parameters
+from .networks import (
+    ACTIVATIONS,
+    INITS,
+    GaussianEncoder,
+    MLPDecoder,
+    build_user_network,
+    init_parameters,
+)
 from .priors import Prior, StandardNormal, VampPrior, build_prior
 from .targets import check_params, import_target, path_of
 
@@ -54,6 +62,28 @@ MODEL_SETTINGS = (
     "prior",
     "upper_layers",
 )
+#: What the numeric and named arguments of :meth:`VAE.build` (and :meth:`VAE.mlp`,
+#: ``VAE(...)``) allow; the configuration's keys of the same names are declared with these
+#: checks (:mod:`pyro_vae.config.schema`), so a model is refused in the same words from
+#: Python and from the command line. ``num_data`` may also be None.
+MODEL_CHECKS: dict[str, Allowed] = {
+    "x_dim": integer(1),
+    "latent_dim": integer(1),
+    "hidden_dims": HIDDEN_DIMS,
+    "activation": one_of(sorted(ACTIVATIONS)),
+    "init": one_of(INITS),
+    "init_std": positive(),
+    "num_data": integer(1),
+}
+IMAGE_SHAPE = Allowed(
+    "None, (H, W) or (C, H, W) (positive integers)",
+    lambda v: (
+        isinstance(v, list | tuple)
+        and len(v) in (2, 3)
+        and all(MODEL_CHECKS["x_dim"].accepts(s) for s in v)
+    ),
+)
+
 #: The networks :meth:`VAE.build` makes by name (``network=``); a mapping with
 #: ``encoder._target_`` and ``decoder._target_`` names a user's own classes.
 NETWORKS = ("mlp", "conv")
@@ -120,6 +150,13 @@ class VAE(PyroModule):
         for key, net in (("encoder", encoder), ("decoder", decoder)):
             if not isinstance(net, nn.Module):
                 raise refuse(key, net, "a torch.nn.Module")
+        check_arguments(
+            {"num_data": num_data, "init_std": init_std, "latent_dim": latent_dim},
+            MODEL_CHECKS,
+            nullable=("num_data", "latent_dim"),
+        )
+        if not (init is None or callable(init)):
+            MODEL_CHECKS["init"].check("init", init)
         self.encoder, self.decoder = encoder, decoder
         if upper_layers is not None and not isinstance(upper_layers, LatentStack):
             raise refuse("upper_layers", upper_layers, "a pyro_vae.layers.LatentStack or None")
@@ -206,6 +243,7 @@ class VAE(PyroModule):
         init_std: float = 0.01,
         num_data: int | None = None,
         upper_layers: Sequence[Mapping[str, Any]] = (),
+        device: str | torch.device | None = None,
     ) -> VAE:
         """The paper's VAE (appendix C): MLP encoder and decoder with the same hidden widths
         (``hidden_dims``, the decoder's in reverse; ``[]`` gives linear maps), the decoder
@@ -216,7 +254,15 @@ class VAE(PyroModule):
         random stream). ``upper_layers``: stochastic layers above z (Burda et al.'s two
         layers: ``latent_dim=100, hidden_dims=[200, 200], upper_layers=[{"latent_dim": 50,
         "hidden_dims": [100, 100]}]``; :mod:`pyro_vae.layers`), the prior on the top one.
-        :meth:`build` with ``network="mlp"``.
+        ``device``: where the model lives (``"cpu"``, ``"cuda"``, ``"auto"`` or a
+        ``torch.device``; it is initialised on the CPU and moved, so it starts from the same
+        numbers on every device). :meth:`build` with ``network="mlp"``.
+
+        Every argument is checked first: ``x_dim``, ``latent_dim`` and ``num_data`` are
+        integers >= 1 (``num_data`` may be None), ``hidden_dims`` positive integers,
+        ``activation`` one of ``tanh``, ``relu``, ``softplus``, ``init`` ``torch`` or
+        ``paper`` and ``init_std`` a finite number > 0; anything else is an
+        :class:`~pyro_vae.errors.ArgumentError` naming the argument.
         """
         return cls.build(
             x_dim,
@@ -230,6 +276,7 @@ class VAE(PyroModule):
             init_std=init_std,
             num_data=num_data,
             upper_layers=upper_layers,
+            device=device,
         )
 
     @classmethod
@@ -248,6 +295,7 @@ class VAE(PyroModule):
         init_std: float = 0.01,
         num_data: int | None = None,
         upper_layers: Sequence[Mapping[str, Any]] | None = (),
+        device: str | torch.device | None = None,
     ) -> VAE:
         """A VAE with the networks ``network`` names, for data of ``x_dim`` values.
 
@@ -259,9 +307,24 @@ class VAE(PyroModule):
         ``x_dim``, ``latent_dim``, ``image_shape`` and ``heads`` (the decoder outputs the
         likelihood takes, :class:`~pyro_vae.networks.Head`) that its signature accepts.
         The decoder's last layer has one output per head of the likelihood. The other
-        arguments are :meth:`mlp`'s; ``upper_layers`` (MLPs with ``activation``) stack
-        above any of these networks.
+        arguments are :meth:`mlp`'s (``device`` too); ``upper_layers`` (MLPs with
+        ``activation``) stack above any of these networks.
         """
+        check_arguments(
+            {
+                "x_dim": x_dim,
+                "latent_dim": latent_dim,
+                "hidden_dims": hidden_dims,
+                "activation": activation,
+                "init": init,
+                "init_std": init_std,
+                "num_data": num_data,
+            },
+            MODEL_CHECKS,
+            nullable=("num_data",),
+        )
+        IMAGE_SHAPE.check("image_shape", image_shape, nullable=True)
+        where = None if device is None else resolve_device(device)
         try:
             spec = network_spec(network)
         except ArgumentError as e:
@@ -318,7 +381,8 @@ class VAE(PyroModule):
             "prior": vae.prior.spec(),
             "upper_layers": layers,
         }
-        return vae
+        # Built on the CPU, then moved: the same initialisation on every device.
+        return vae if where is None else vae.to(where)
 
     @classmethod
     def from_settings(

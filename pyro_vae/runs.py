@@ -9,6 +9,8 @@ objects, whether it was trained from the command line or from Python.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,27 +18,34 @@ from typing import Any
 
 import torch
 
+from .checks import DEVICES, resolve_device
 from .data import RunData, load_dataset, prepare_data
-from .errors import RunDirError, refuse
-from .evaluate import evaluate
+from .errors import ArgumentError, RunDirError, refuse
+from .evaluate import EVALUATE_CHECKS, evaluate
 from .likelihoods import get_likelihood
 from .model import VAE
 from .plots import FIGURES, elbo_title, plot_figures
 from .training.loggers import log_evaluation
-from .training.rundir import LAST_CHECKPOINT, RunDir, snapshot_epoch
+from .training.rundir import (
+    LAST_CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    RunDir,
+    load_model_state,
+    snapshot_epoch,
+)
 
-DEVICES = ("cpu", "cuda", "auto")
+__all__ = [
+    "DEVICES",
+    "LoadedRun",
+    "checkpoint_to_load",
+    "evaluate_run",
+    "load_data",
+    "load_run",
+    "plot_run",
+    "resolve_device",
+]
 
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``cpu``, ``cuda``, or ``auto`` (CUDA where available)."""
-    if isinstance(name, torch.device):
-        return name
-    if name not in DEVICES:
-        raise refuse("device", name, f"one of {list(DEVICES)}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+logger = logging.getLogger(__name__)
 
 
 _PREPARE_KEYS = frozenset({"name", "binarize", "test_binarize", "binarize_seed"})
@@ -106,10 +115,10 @@ def load_run(
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise RunDirError(f"run directory {run.path} does not exist")
+    if vae is not None and not isinstance(vae, VAE):
+        raise refuse("vae", vae, "a pyro_vae.VAE to load the run into, or None")
+    dev = run_device(device, run.config())
     cfg = run.config()
-    dev = resolve_device(device or cfg.get("device", "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        dev = torch.device("cpu")
     checkpoint = checkpoint_to_load(run, checkpoint)
     state = run.load_checkpoint(checkpoint, map_location=dev)
     meta = state["meta"]
@@ -117,14 +126,52 @@ def load_run(
         vae = VAE.from_settings(
             cfg, meta["x_dim"], num_data=meta["num_data"], image_shape=meta.get("image_shape")
         )
+    source = str(run.checkpoint_dir / checkpoint)
+    load_model_state(vae, state["model"], source)  # refused before the model is moved
     vae = vae.to(dev)
-    vae.load_state_dict(state["model"])
     vae.eval()
     return LoadedRun(run=run, cfg=cfg, vae=vae, meta=meta, checkpoint=state, device=dev)
 
 
+def run_device(device: str | torch.device | None, cfg: Mapping[str, Any]) -> torch.device:
+    """Where to load a run: ``device`` if given (a CUDA device where there is none is an
+    ArgumentError); else the run's own, or the CPU where the run's was CUDA and this
+    machine has none (a run trained on a GPU is read back on a laptop, said so)."""
+    if device is not None:
+        return resolve_device(device)
+    recorded = cfg.get("device", "cpu")
+    if str(recorded).startswith("cuda") and not torch.cuda.is_available():
+        logger.info(
+            "the run was trained on %s; no CUDA device here: loading it on the CPU", recorded
+        )
+        return torch.device("cpu")
+    try:
+        return resolve_device(recorded)
+    except ArgumentError:
+        return torch.device("cpu")
+
+
 def checkpoint_to_load(run: RunDir, checkpoint: str = LAST_CHECKPOINT) -> str:
-    """``checkpoint``; for ``last.pt`` where the run has none, its newest snapshot."""
+    """``checkpoint``, a file name in ``<run_dir>/checkpoints`` (ArgumentError for a path
+    elsewhere: another run's checkpoint is evaluated in its own run directory); for
+    ``last.pt`` where the run has none, its newest snapshot."""
+    available = (
+        sorted(p.name for p in run.checkpoint_dir.glob("*.pt"))
+        if run.checkpoint_dir.is_dir()
+        else []
+    )
+    if (
+        not isinstance(checkpoint, str)
+        or not checkpoint
+        or os.path.basename(checkpoint) != checkpoint
+        or checkpoint in (".", "..")
+    ):
+        raise refuse(
+            "checkpoint",
+            checkpoint,
+            f"the name of a file in {run.checkpoint_dir} (one of {available}); a checkpoint of "
+            "another run is evaluated in its own run directory",
+        )
     if checkpoint == LAST_CHECKPOINT and not (run.checkpoint_dir / checkpoint).exists():
         snapshots = run.snapshots()
         if snapshots:
@@ -139,49 +186,86 @@ def evaluate_run(
     device: str | None = None,
     seed: int = 0,
     vae: VAE | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Test ELBO and importance-sampled log p(x) of a run (:func:`~pyro_vae.evaluate.evaluate`
     with K = ``num_samples``, default the run's ``eval_num_samples``); written into its
     summary.json, and logged (``evaluate/<key>``) to the TensorBoard directory and MLflow run
-    the run was trained with (``logger=...``), if any. The evaluation of a snapshot from
-    before the run's last epoch (``checkpoint="epoch_0004.pt"``) goes under
-    ``evaluations[<checkpoint>]`` instead, leaving the run's own numbers as they are.
-    ``vae``: the model to load the run into (a model of your own)."""
-    loaded = load_run(run_dir, checkpoint=checkpoint, device=device, vae=vae)
-    cfg = loaded.cfg
-    k = int(num_samples or cfg.get("eval_num_samples", 1000))
-    data = loaded.data()
-    test = data.test
-    result = evaluate(loaded.vae, test, k, cfg.get("eval_batch_size", 1000), seed)
-    seconds = result.pop("evaluation_seconds")
-    exact = exact_log_likelihood(data.dataset, test)
-    if exact:
-        ll = exact["test_exact_log_likelihood"]
-        exact.update(
-            elbo_gap=ll - result["test_elbo"],
-            importance_gap=ll - result["test_log_likelihood"],
-        )
-    result.update(exact)
-    checkpoint = checkpoint_to_load(loaded.run, checkpoint)
-    result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
-    run, summary = loaded.run, loaded.run.summary()
-    earlier = _earlier_snapshot_epoch(checkpoint, summary)
-    if earlier is None:
-        run.update_summary(**result)
-        log_evaluation(run, result)
-    else:  # beside the run's own numbers, not over them
-        run.update_summary(evaluations={**summary.get("evaluations", {}), checkpoint: result})
-        steps = {row["epoch"]: row["step"] for row in run.metrics() if "step" in row}
-        log_evaluation(run, result, steps.get(earlier, 0))
+    the run was trained with (``logger=...``), if any.
+
+    Only the run's final model (``last.pt`` of a finished run, or the snapshot of its last
+    epoch) is evaluated into the run's own numbers (``test_elbo``, ``test_log_likelihood``,
+    ...); any other checkpoint (an earlier snapshot ``epoch_0004.pt``, ``last.prev.pt``, the
+    last checkpoint of an unfinished run) goes under ``evaluations[<checkpoint>]``, leaving
+    them as they are. ``checkpoint`` is a file name in the run's ``checkpoints/``.
+
+    The run directory is locked while it is evaluated, as training locks it: an evaluation
+    of a run that is training (or being evaluated) is refused with a
+    :class:`~pyro_vae.errors.RunDirError`, and training cannot start in it meanwhile.
+    ``vae``: the model to load the run into (a model of your own). ``progress``: a bar with
+    the time left (:func:`~pyro_vae.evaluate.evaluate`)."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory {run.path} does not exist")
+    if num_samples is not None:
+        EVALUATE_CHECKS["num_samples"].check("num_samples", num_samples)
+    EVALUATE_CHECKS["seed"].check("seed", seed)
+    run.config()  # a directory that is not a run is named before it is locked
+    with run.lock():
+        loaded = load_run(run_dir, checkpoint=checkpoint, device=device, vae=vae)
+        cfg = loaded.cfg
+        k = num_samples if num_samples is not None else int(cfg.get("eval_num_samples", 1000))
+        data = loaded.data()
+        test = data.test
+        batch_size = cfg.get("eval_batch_size", 1000)
+        result = evaluate(loaded.vae, test, k, batch_size, seed, progress=progress)
+        seconds = result.pop("evaluation_seconds")
+        exact = exact_log_likelihood(data.dataset, test)
+        if exact:
+            ll = exact["test_exact_log_likelihood"]
+            exact.update(
+                elbo_gap=ll - result["test_elbo"],
+                importance_gap=ll - result["test_log_likelihood"],
+            )
+        result.update(exact)
+        checkpoint = checkpoint_to_load(loaded.run, checkpoint)
+        result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
+        summary = run.summary()
+        if is_final_model(run, checkpoint, loaded.checkpoint, summary):
+            run.update_summary(**result)
+            log_evaluation(run, result)
+        else:  # beside the run's own numbers, not over them
+            run.update_summary(evaluations={**summary.get("evaluations", {}), checkpoint: result})
+            log_evaluation(run, result, _checkpoint_step(run, checkpoint, loaded.checkpoint))
     return result
 
 
-def _earlier_snapshot_epoch(checkpoint: str, summary: dict[str, Any]) -> int | None:
-    """The epoch of ``checkpoint`` if it is a snapshot (``epoch_NNNN.pt``) from before the
-    run's last epoch; None for the run's final model (``last.pt``, or the last epoch's)."""
-    epoch = snapshot_epoch(checkpoint)
-    final = summary.get("epochs")
-    return epoch if epoch is not None and isinstance(final, int) and epoch < final else None
+def is_final_model(
+    run: RunDir, checkpoint: str, state: Mapping[str, Any], summary: Mapping[str, Any]
+) -> bool:
+    """Whether ``checkpoint`` (its ``state``) holds the final model of a finished run: its
+    ``last.pt`` at the step the run finished, or the snapshot of the epoch it finished at
+    (a run that ends mid-epoch, ``num_samples=``, has no final snapshot). ``last.prev.pt``,
+    earlier snapshots and the checkpoints of an unfinished run are not."""
+    if summary.get("status") != "finished" or checkpoint == PREVIOUS_CHECKPOINT:
+        return False
+    if checkpoint == LAST_CHECKPOINT:
+        step = state.get("position", {}).get("step")
+        return summary.get("steps") is None or step == summary.get("steps")
+    epoch, final = snapshot_epoch(checkpoint), summary.get("epochs")
+    if epoch is None or not isinstance(final, int) or epoch != final:
+        return False
+    rows = run.metrics()
+    return not rows or rows[-1].get("epoch") == final  # ended at that epoch's end
+
+
+def _checkpoint_step(run: RunDir, checkpoint: str, state: Mapping[str, Any]) -> int:
+    """The training step a checkpoint's model is from (the x-axis of experiment trackers)."""
+    step = state.get("position", {}).get("step")
+    if isinstance(step, int):
+        return step
+    steps = {row["epoch"]: row["step"] for row in run.metrics() if "step" in row}
+    return steps.get(snapshot_epoch(checkpoint), 0)
 
 
 def exact_log_likelihood(dataset: Any, test: torch.Tensor) -> dict[str, float]:
@@ -218,4 +302,9 @@ def plot_run(
     if data is None and wants_data and (shape or (posterior and "aggregate_posterior" in figures)):
         data = loaded.data()
     model = loaded.vae if loaded else None
-    return plot_figures(model, data, run.figure_dir, run.metrics(), figures, title, shape)
+    try:
+        return plot_figures(model, data, run.figure_dir, run.metrics(), figures, title, shape)
+    except OSError as e:  # a read-only run directory, a full disk
+        raise RunDirError(
+            f"cannot write the figures into {run.figure_dir}: {e.strerror or e}"
+        ) from e

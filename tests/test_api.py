@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -164,15 +165,35 @@ def test_an_interrupted_python_run_resumes_bit_for_bit(bars, tmp_path):
     same_checkpoints(whole, cut)
 
 
-def test_a_finished_run_is_left_alone_unless_overwritten(bars, tmp_path):
+def test_a_finished_run_is_reused_by_the_same_call_and_refused_to_another(bars, tmp_path):
     x, _ = bars
+    settings = dict(epochs=1, batch_size=60, progress=False, plots=False)
+    pyro.set_rng_seed(0)
     vae = pyro_vae.VAE.mlp(x_dim=16, latent_dim=2, hidden_dims=[8])
-    first = pyro_vae.train(vae, x, tmp_path / "r", epochs=1, batch_size=60, progress=False)
-    again = pyro_vae.train(vae, x, tmp_path / "r", epochs=5, batch_size=60, progress=False)
-    assert again == first  # not retrained
-    redone = pyro_vae.train(
-        vae, x, tmp_path / "r", epochs=2, batch_size=60, progress=False, overwrite=True
-    )
+    first = pyro_vae.train(vae, x, tmp_path / "r", **settings)
+    trained = {k: v.clone() for k, v in vae.state_dict().items()}
+    # The same call again, as a rerun notebook makes it: a fresh model gets the trained one.
+    pyro.set_rng_seed(0)
+    fresh = pyro_vae.VAE.mlp(x_dim=16, latent_dim=2, hidden_dims=[8])
+    assert pyro_vae.train(fresh, x, tmp_path / "r", **settings) == first
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained.items())
+    assert fresh.num_data == 180
+    # Anything else is refused, naming what differs; the model given is left as it was.
+    for change, named in [
+        (dict(epochs=5), "epochs: run has 1, asked 5. resume=True"),
+        (dict(lr=0.01), "lr: run has 0.001, asked 0.01"),
+        (dict(data=x.flip(0)), "dataset.sha256: run has"),
+    ]:
+        other = pyro_vae.VAE.mlp(x_dim=16, latent_dim=2, hidden_dims=[8])
+        before = {k: v.clone() for k, v in other.state_dict().items()}
+        data = change.pop("data", x)
+        with pytest.raises(pyro_vae.RunMismatchError, match=re.escape(named)):
+            pyro_vae.train(other, data, tmp_path / "r", **{**settings, **change})
+        assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())
+    bigger = pyro_vae.VAE.mlp(x_dim=16, latent_dim=3, hidden_dims=[8])
+    with pytest.raises(pyro_vae.RunMismatchError, match="another architecture"):
+        pyro_vae.train(bigger, x, tmp_path / "r", **settings)
+    redone = pyro_vae.train(bigger, x, tmp_path / "r", **{**settings, "epochs": 2}, overwrite=True)
     assert redone["epochs"] == 2
 
 

@@ -29,28 +29,12 @@ from ..optim import optimizer_factory
 from ..runs import load_data, resolve_device
 from ..training.loggers import build_loggers
 from ..training.rundir import RunDir
-from ..training.session import finished_summary, train
+from ..training.session import RESUMABLE_KEYS, finished_summary, train
 from .validate import as_plain, prior_spec, validate_config
 
-# Keys a resumed run may take from the command line; every other key comes from the
-# run's own config.yaml, so a resumed run is the same experiment. (skip_nonfinite changes
-# nothing unless a step is non-finite, where the run would otherwise stop; logger, and every
-# key under it, only records what is computed.)
-RESUMABLE_KEYS = frozenset(
-    {
-        "epochs",
-        "num_samples",
-        "progress",
-        "plots",
-        "checkpoint_every",
-        "checkpoint_every_steps",
-        "checkpoint_every_seconds",
-        "skip_nonfinite",
-        "device",
-        "data_dir",
-        "logger",
-    }
-)
+# Keys a resumed run may take from the command line (pyro_vae.training.session's, which
+# the Python API's resume=True holds to as well); every other key comes from the run's own
+# config.yaml, so a resumed run is the same experiment.
 # Config groups added after runs were first written, whose default is to be absent: a run
 # resumed from an older config.yaml takes the current default.
 _ADDED_GROUPS = frozenset({"logger"})
@@ -263,14 +247,17 @@ def run_training(
 ) -> dict[str, Any]:
     """Train as ``cfg`` says into ``run_dir`` (default ``cfg.run_dir``); returns the summary.
 
-    A finished run is never retrained silently: it is skipped (``overwrite=true`` retrains
-    it from scratch). A run is continued only with ``resume=true``: an interrupted one from
-    its last checkpoint, a finished one when more ``epochs``/``num_samples`` are asked for.
+    A finished run is never retrained silently: the same configuration again returns its
+    summary (a script's rerun is a no-op); another configuration is refused with a
+    :class:`~pyro_vae.errors.RunMismatchError` naming the keys that differ
+    (``overwrite=true`` retrains it from scratch). A run is continued only with
+    ``resume=true``: an interrupted one from its last checkpoint, a finished one when more
+    ``epochs``/``num_samples`` are asked for.
     """
     plain = as_plain(cfg)
     run = RunDir(run_dir if run_dir is not None else plain["run_dir"])
     resume, overwrite = bool(plain.get("resume", False)), bool(plain.get("overwrite", False))
-    finished = finished_summary(run, resume, overwrite)
+    finished = finished_summary(run, resume, overwrite, plain, what="settings")
     if finished is not None:
         return finished
     plain = validate_config(plain)

@@ -19,74 +19,58 @@ several options are chosen (``logger=[tensorboard,mlflow]``): each adds its own 
 
 from __future__ import annotations
 
-import difflib
-import math
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from ..checks import (
+    BOOL,
+    DEVICES,
+    HIDDEN_DIMS,
+    MAX_SEED,
+    PATH,
+    SEED,
+    STEP_SIZES,
+    Allowed,
+    fraction,
+    integer,
+    is_int,
+    is_number,
+    one_of,
+    positive,
+)
 from ..errors import ArgumentError
+from ..evaluate import EVALUATE_CHECKS
 from ..layers import layer_specs
 from ..methods import METHODS
-from ..networks import ACTIVATIONS, INITS
+from ..model import MODEL_CHECKS
 from ..optim import LR_SCHEDULES
-from ..runs import DEVICES
-from ..training.session import SNAPSHOT_SCHEDULES
+from ..training.session import TRAIN_CHECKS
 
 SCHEMA_NAME = "pyro_vae_schema"
-# pyro.set_rng_seed seeds numpy too, which takes seeds below 2**32.
-MAX_SEED = 2**32 - 1
 
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class Allowed:
-    """What a key allows: ``ok(value)``, and ``text`` for ``expected <text>`` in messages."""
-
-    text: str
-    ok: Callable[[Any], bool]
-    choices: Sequence[str] = ()
-
-    def describe(self, value: Any) -> str:
-        if not self.choices:
-            return self.text
-        close = difflib.get_close_matches(str(value), list(self.choices), n=1, cutoff=0.6)
-        return self.text + (f" (did you mean {close[0]!r}?)" if close else "")
-
-
-def integer(minimum: int) -> Allowed:
-    return Allowed(f"an integer >= {minimum}", lambda v: is_int(v) and v >= minimum)
-
-
-def positive(allow_zero: bool = False) -> Allowed:
-    def ok(v: Any) -> bool:
-        return is_number(v) and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-
-    return Allowed("a finite number " + (">= 0" if allow_zero else "> 0"), ok)
-
-
-def one_of(choices: Sequence[str]) -> Allowed:
-    choices = list(choices)
-    return Allowed(f"one of {choices}", lambda v: v in choices, choices)
-
-
-BOOL = Allowed("true or false", lambda v: isinstance(v, bool))
-PATH = Allowed("a non-empty string (a path)", lambda v: isinstance(v, str) and bool(v))
-SEED = Allowed(f"an integer in 0..{MAX_SEED}", lambda v: is_int(v) and 0 <= v <= MAX_SEED)
-HIDDEN_DIMS = Allowed(
-    "a list of positive integers such as [500] (or [])",
-    lambda v: isinstance(v, list) and all(is_int(h) and h >= 1 for h in v),
-)
+# The checks live below the configuration layer (pyro_vae.checks), where the Python API uses
+# them too; they are named here as well, for the code that reads the schema.
+__all__ = [
+    "BOOL",
+    "HIDDEN_DIMS",
+    "MAX_SEED",
+    "PATH",
+    "SEED",
+    "STEP_SIZES",
+    "Allowed",
+    "Config",
+    "MCEMConfig",
+    "allowed",
+    "integer",
+    "is_int",
+    "is_number",
+    "one_of",
+    "positive",
+    "register",
+]
 
 
 def _layers_ok(v: Any) -> bool:
@@ -98,13 +82,8 @@ def _layers_ok(v: Any) -> bool:
 
 
 UPPER_LAYERS = Allowed(
-    "a list of {latent_dim: <integer >= 1>, hidden_dims: [<integers >= 1>]} mappings "
-    "(or [])",
+    "a list of {latent_dim: <integer >= 1>, hidden_dims: [<integers >= 1>]} mappings (or [])",
     _layers_ok,
-)
-STEP_SIZES = Allowed(
-    "null or a non-empty list of step sizes > 0, e.g. [0.01,0.02]",
-    lambda v: isinstance(v, list) and bool(v) and all(is_number(x) and x > 0 for x in v),
 )
 
 
@@ -124,70 +103,76 @@ class MCEMConfig:
     hmc_steps: int = key(1, integer(1))  # HMC transitions of a datapoint's chain per visit
     m_steps: int = key(5, integer(1))  # optimiser steps on theta per E-step (the paper: 5)
     step_size: float = key(0.05, positive())  # initial HMC step size, then tuned
-    target_accept: float = key(
-        0.9, Allowed("a number in (0, 1)", lambda v: is_number(v) and 0 < v < 1)
-    )
+    target_accept: float = key(0.9, fraction())
     adapt_rate: float = key(
         0.5, positive(allow_zero=True)
     )  # log step size += rate * (acc - target)
+
+
+#: The checks of the keys that are arguments of the Python API, by key: the same objects
+#: :func:`pyro_vae.train`, :meth:`pyro_vae.VAE.mlp` and :func:`pyro_vae.evaluate` check
+#: their arguments with (one validation for both).
+_T, _M = TRAIN_CHECKS, MODEL_CHECKS
 
 
 @dataclass
 class Config:
     """Every top-level key of ``pyro-vae train``; the config groups follow."""
 
-    seed: int = key(0, SEED)
+    seed: int = key(0, _T["seed"])
     device: str = key("cpu", one_of(DEVICES))  # cpu | cuda | auto
     data_dir: Optional[str] = key(
         None, PATH, nullable=True
     )  # null: $PYRO_VAE_DATA_DIR, else ./data
     download: bool = key(True, BOOL)  # fetch missing datasets (with checksums)
     run_dir: str = key("runs/${dataset.name}/${now:%Y-%m-%d_%H-%M-%S}", PATH)
-    resume: bool = key(False, BOOL)  # continue the unfinished run in run_dir
-    overwrite: bool = key(False, BOOL)  # retrain a run_dir that holds a finished run
+    resume: bool = key(False, _T["resume"])  # continue the unfinished run in run_dir
+    overwrite: bool = key(False, _T["overwrite"])  # retrain a run_dir that holds a finished run
 
     # Model (appendix C of the paper)
-    latent_dim: int = key(20, integer(1))
-    hidden_dims: List[int] = key([500], HIDDEN_DIMS)  # the MLP's encoder and decoder widths
+    latent_dim: int = key(20, _M["latent_dim"])
+    hidden_dims: List[int] = key([500], _M["hidden_dims"])  # the MLP's encoder/decoder widths
     # Stochastic layers above z, listed upward: [{latent_dim: 50, hidden_dims: [100, 100]}]
     upper_layers: List[Any] = key([], UPPER_LAYERS)
-    activation: str = key("tanh", one_of(sorted(ACTIVATIONS)))  # the MLP's
-    init: str = key("torch", one_of(INITS))  # torch's default | paper: N(0, init_std^2)
-    init_std: float = key(0.01, positive())
+    activation: str = key("tanh", _M["activation"])  # the MLP's
+    init: str = key("torch", _M["init"])  # torch's default | paper: N(0, init_std^2)
+    init_std: float = key(0.01, _M["init_std"])
 
     # Training
     method: str = key("aevb", one_of(sorted(METHODS)))  # aevb | wake_sleep | mcem
-    epochs: int = key(10, integer(0))
-    num_samples: Optional[int] = key(None, integer(1), nullable=True)  # overrides epochs
-    batch_size: int = key(100, integer(1))
-    num_particles: int = key(1, integer(1))  # L in eq. 6/7 (K for iwae, dreg)
-    fast: bool = key(False, BOOL)  # estimators A/B without Pyro's tracing: same numbers
-    lr: float = key(1.0e-3, positive())  # set by the optim group
-    weight_decay: float = key(0.0, positive(allow_zero=True))  # 1.0: a N(0, I) prior on params
-    lr_search: Optional[List[float]] = key(None, STEP_SIZES, nullable=True)  # sec. 5
-    lr_search_steps: int = key(100, integer(1))
+    epochs: int = key(10, _T["epochs"])
+    num_samples: Optional[int] = key(None, _T["num_samples"], nullable=True)  # overrides epochs
+    batch_size: int = key(100, _T["batch_size"])
+    num_particles: int = key(1, _T["num_particles"])  # L in eq. 6/7 (K for iwae, dreg)
+    fast: bool = key(False, _T["fast"])  # estimators A/B without Pyro's tracing: same numbers
+    lr: float = key(1.0e-3, _T["lr"])  # set by the optim group
+    weight_decay: float = key(0.0, _T["weight_decay"])  # 1.0: a N(0, I) prior on params
+    lr_search: Optional[List[float]] = key(None, _T["lr_search"], nullable=True)  # sec. 5
+    lr_search_steps: int = key(100, _T["lr_search_steps"])
     # Step size per epoch, stepped at epoch ends: none | exponential | step | cosine | iwae
     lr_schedule: str = key("none", one_of(LR_SCHEDULES))
     lr_gamma: float = key(
-        0.1, Allowed("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1)
+        0.1, _T["lr_gamma"]
     )  # exponential: lr * gamma^epoch; step: x gamma every lr_step_epochs
-    lr_step_epochs: int = key(10, integer(1))  # step
-    lr_min: float = key(0.0, positive(allow_zero=True))  # cosine: the last epochs' step size
-    lr_iwae_epochs: int = key(3280, integer(1))  # iwae: its stages scaled to this many epochs
+    lr_step_epochs: int = key(10, _T["lr_step_epochs"])  # step
+    lr_min: float = key(0.0, _T["lr_min"])  # cosine: the last epochs' step size
+    lr_iwae_epochs: int = key(3280, _T["lr_iwae_epochs"])  # iwae: stages scaled to this many
     mcem: MCEMConfig = field(default_factory=MCEMConfig)
-    eval_batch_size: int = key(1000, integer(1))
-    checkpoint_every: int = key(1, integer(1))  # epochs between checkpoints
-    checkpoint_every_steps: Optional[int] = key(None, integer(1), nullable=True)
-    checkpoint_every_seconds: Optional[float] = key(None, positive(), nullable=True)
-    skip_nonfinite: bool = key(False, BOOL)  # skip (and count) a NaN/Inf step
-    clip_grad_norm: Optional[float] = key(None, positive(), nullable=True)
-    snapshots: str = key("log", one_of(SNAPSHOT_SCHEDULES))  # log | all | none
-    progress: bool = key(True, BOOL)
-    plots: bool = key(True, BOOL)
+    eval_batch_size: int = key(1000, _T["eval_batch_size"])
+    checkpoint_every: int = key(1, _T["checkpoint_every"])  # epochs between checkpoints
+    checkpoint_every_steps: Optional[int] = key(None, _T["checkpoint_every_steps"], nullable=True)
+    checkpoint_every_seconds: Optional[float] = key(
+        None, _T["checkpoint_every_seconds"], nullable=True
+    )
+    skip_nonfinite: bool = key(False, _T["skip_nonfinite"])  # skip (and count) a NaN/Inf step
+    clip_grad_norm: Optional[float] = key(None, _T["clip_grad_norm"], nullable=True)
+    snapshots: str = key("log", _T["snapshots"])  # log | all | none
+    progress: bool = key(True, _T["progress"])
+    plots: bool = key(True, _T["plots"])
     validate: bool = key(False, BOOL)  # Pyro's distribution/trace validation (slow)
 
     # Evaluation (pyro-vae evaluate)
-    eval_num_samples: int = key(1000, integer(1))  # K, importance samples per test point
+    eval_num_samples: int = key(1000, EVALUATE_CHECKS["num_samples"])  # K per test point
 
     # Config groups, chosen in conf/config.yaml's defaults list
     dataset: Any = MISSING
@@ -204,9 +189,9 @@ GROUPS = ("dataset", "likelihood", "network", "prior", "estimator", "optim")
 
 #: Allowed values of the dataset group's keys (its YAML files declare which keys it has).
 DATASET_KEYS: dict[str, Allowed] = {
-    "binarize": one_of(["dynamic", "fixed", "none"]),
-    "test_binarize": one_of(["fixed", "none"]),
-    "binarize_seed": SEED,
+    "binarize": TRAIN_CHECKS["binarize"],
+    "test_binarize": TRAIN_CHECKS["test_binarize"],
+    "binarize_seed": TRAIN_CHECKS["binarize_seed"],
     "train_size": integer(1),
     "path": PATH,
     "test_path": PATH,

@@ -181,10 +181,14 @@ class StopOnSignals(Callback):
 
 
 class ProgressBar(Callback):
-    """tqdm's bar over the run's steps, with the running bound, and a line per epoch."""
+    """tqdm's bar over the run's steps, with the running bound, and a line per epoch.
 
-    def __init__(self, enabled: bool = True):
+    ``evaluated``: what the epoch's evaluation is called in that line (``test ELBO``; a run
+    without test data, whose evaluation is on the training data, says so)."""
+
+    def __init__(self, enabled: bool = True, evaluated: str | None = None):
         self.enabled = enabled
+        self.evaluated = evaluated or "test ELBO"
         self.bar: tqdm | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -212,7 +216,7 @@ class ProgressBar(Callback):
         if self.enabled:
             self.bar.write(
                 f"epoch {row['epoch']:g}: train ELBO {row['train_elbo']:.2f}, "
-                f"test ELBO {row['test_elbo']:.2f} nats"
+                f"{self.evaluated} {row['test_elbo']:.2f} nats"
             )
 
     def on_fit_end(self, trainer: Trainer) -> None:

@@ -40,7 +40,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from ..atomic import atomic_write, remove_partial_files
-from ..errors import CheckpointError, RunDirError
+from ..errors import CheckpointError, RunDirError, RunMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ PREVIOUS_CHECKPOINT = "last.prev.pt"
 FIGURE_DIR = "figures"
 LOCK_FILE = ".lock"
 _DIGEST_KEY = "sha256"
+#: What a run directory holds before its run has written anything: the lock of a run that
+#: was refused or killed at once.
+_EMPTY_RUN_ENTRIES = frozenset({LOCK_FILE})
 
 
 def snapshot_name(epoch: int) -> str:
@@ -68,6 +71,58 @@ def snapshot_epoch(name: str | os.PathLike[str]) -> int | None:
         return int(path.stem.split("_")[1])
     except (IndexError, ValueError):
         return None
+
+
+def _is_partial_file(name: str) -> bool:
+    """A temporary file of an interrupted atomic write (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def load_model_state(module: torch.nn.Module, state: dict[str, Any], source: str) -> None:
+    """``module.load_state_dict(state)``, or a :class:`~pyro_vae.errors.RunMismatchError`
+    naming ``source`` (the checkpoint) and what differs, where ``state`` is the model of
+    another architecture (parameters missing, unexpected or of other shapes)."""
+    check_model_state(module, state, source)
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise RunMismatchError(
+            f"{source} holds a model that does not load into the one given: "
+            f"{str(e).strip().splitlines()[0]}"
+        ) from None
+
+
+def check_model_state(module: torch.nn.Module, state: Any, source: str) -> None:
+    """The :class:`~pyro_vae.errors.RunMismatchError` of :func:`load_model_state`, without
+    loading anything: the model is left as it is."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: its model is a {type(state).__name__}, not a state dict")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} is {list(state[k].shape)} there, {list(own[k].shape)} here"
+        for k in own
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if shapes:
+        problems.append(
+            "; ".join(shapes[:3]) + (f" (and {len(shapes) - 3} more)" if shapes[3:] else "")
+        )
+    if missing:
+        problems.append(f"this model's {missing[:3]} are not in it")
+    if unexpected:
+        problems.append(f"it has {unexpected[:3]}, which this model does not")
+    if not problems:
+        return
+    raise RunMismatchError(
+        f"{source} holds a model of another architecture than the one given: "
+        f"{'; '.join(problems)}. Build the model the run was trained with (its config.yaml "
+        "records it), or let load_run rebuild it"
+    )
 
 
 def _feed(h: Any, obj: Any) -> None:
@@ -277,13 +332,122 @@ class RunDir:
             lock.acquire()
         except Timeout:
             raise RunDirError(
-                f"{self.path} is in use by another pyro-vae process; wait for it to end "
-                "or choose another run_dir"
+                f"{self.path} is in use by another pyro-vae process (a training or an "
+                "evaluation of it); wait for it to end or choose another run_dir"
             ) from None
+        except OSError as e:  # a read-only directory
+            raise RunDirError(
+                f"cannot lock {self.path / LOCK_FILE}: {e.strerror or e} (the run directory "
+                "must be writable)"
+            ) from e
         try:
             yield
         finally:
             lock.release()
+
+    # what the directory is
+    def is_run(self) -> bool:
+        """Whether this is a pyro-vae run directory: it has a training checkpoint, or the
+        summary.json or config.yaml a run writes when it starts."""
+        if self.has_checkpoint():
+            return True
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except (OSError, ValueError):
+            summary = None
+        if isinstance(summary, dict) and ("pyro_vae_version" in summary or "status" in summary):
+            return True
+        try:
+            config = yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError):
+            return False
+        return isinstance(config, dict) and "run_dir" in config
+
+    def foreign_entries(self) -> list[str]:
+        """The names in a directory that is not a run (sorted): what training into it
+        would mix with its own files. Empty for a run, a missing or an empty directory
+        (the lock and partial files of a refused or killed start do not count)."""
+        if not self.path.is_dir() or self.is_run():
+            return []
+        try:
+            names = [p.name for p in self.path.iterdir()]
+        except OSError:
+            return []
+        return sorted(n for n in names if n not in _EMPTY_RUN_ENTRIES and not _is_partial_file(n))
+
+    def check_location(self) -> None:
+        """RunDirError unless the directory exists and is writable, or can be created: not
+        a file, not under a file, its nearest existing parent writable."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"run_dir {path} is a file, not a directory")
+        existing = path
+        while not existing.exists():
+            if existing.parent == existing:
+                break
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            raise RunDirError(f"run_dir {path} cannot be created: {existing} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "is not writable" if existing == path else f"cannot be created in {existing}"
+            raise RunDirError(f"run_dir {path} {what} (permission denied)")
+
+    def check_usable(self) -> None:
+        """:meth:`check_location`, and RunDirError for a directory that is not a run but
+        holds files (they are named): a run never writes over files it did not make."""
+        self.check_location()
+        foreign = self.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if foreign[5:] else ""
+            )
+            raise RunDirError(
+                f"{self.path} is not a pyro-vae run directory and holds files of its own "
+                f"({shown}); nothing was written: choose a new or empty run_dir"
+            )
+
+    def missing_dirs(self) -> list[Path]:
+        """This directory and its parents that do not exist yet, deepest first: what
+        creating it creates (and :meth:`remove_unused` takes away again)."""
+        missing, path = [], self.path
+        while not path.exists() and path.parent != path:
+            missing.append(path)
+            path = path.parent
+        return missing
+
+    def remove_unused(self, created: Iterable[Path] = ()) -> None:
+        """Undo what a refused or failed start left in a run directory that nothing was
+        written into: the lock (unless another process holds it), partial files and empty
+        subdirectories; then those of ``created`` (:meth:`missing_dirs` before the call:
+        this directory and parents that the call made) that are now empty. A directory
+        that holds anything else is left as it is, and so is one the caller did not create."""
+        path = self.path
+        try:
+            entries = list(path.iterdir()) if path.is_dir() else []
+            for entry in entries:
+                if entry.is_dir() and not entry.is_symlink():
+                    if any(entry.iterdir()):
+                        return  # written into: keep it
+                elif entry.name not in _EMPTY_RUN_ENTRIES and not _is_partial_file(entry.name):
+                    return
+        except OSError:
+            return
+        lock = FileLock(path / LOCK_FILE, timeout=0)
+        if (path / LOCK_FILE).exists():
+            try:
+                lock.acquire()
+            except (Timeout, OSError):
+                return  # another process holds the directory
+        try:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    entry.rmdir() if entry.is_dir() else entry.unlink()
+        finally:
+            if lock.is_locked:
+                lock.release()
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty
 
     # starting and restarting
     def check_start(self, resume: bool, overwrite: bool) -> bool:

@@ -10,16 +10,26 @@ Python writes the run directory the command line writes: ``config.yaml``,
 ``metrics.jsonl``, ``summary.json``, checkpoints, snapshots and figures, with exact resume
 (``resume=True``), the non-finite policy, signals and the progress bar.
 
-A finished run is never retrained silently: it is left as it is (``overwrite=True``
-retrains it from scratch). A run is continued only with ``resume=True``: an interrupted
-one from its last checkpoint, a finished one when more ``epochs``/``num_samples`` are asked
-for. The global random state (the model's initialisation, the estimators' noise) is the
-caller's: seed it (``pyro.set_rng_seed``) before building the model; ``seed`` here orders
-the minibatches and their binarisation.
+A finished run is never retrained silently, nor mixed with another: the same call again
+loads the run's trained model into ``vae`` and returns its summary; a call with another
+model or other settings is refused, naming what differs (``overwrite=True`` retrains it
+from scratch). A run is continued only with ``resume=True``: an interrupted one from its
+last checkpoint, a finished one when more ``epochs``/``num_samples`` are asked for. The
+global random state (the model's initialisation, the estimators' noise) is the caller's:
+seed it (``pyro.set_rng_seed``) before building the model; ``seed`` here orders the
+minibatches and their binarisation.
+
+Every argument is checked before anything is read or written (:data:`TRAIN_CHECKS`, the
+checks the command line's keys of the same names use), and so are the data (their shape,
+values and width against the model) and the run directory (writable; a directory that is
+not a run but holds files is refused, naming them). A call that is refused or fails
+before training writes anything leaves no directory behind.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +38,17 @@ from typing import Any
 import torch
 from pyro.infer import ELBO
 
+from ..checks import (
+    BOOL,
+    SEED,
+    STEP_SIZES,
+    Allowed,
+    check_arguments,
+    fraction,
+    integer,
+    one_of,
+    positive,
+)
 from ..data import (
     Dataset,
     Minibatches,
@@ -37,11 +58,22 @@ from ..data import (
     prepare_data,
     torch_dataset,
 )
-from ..errors import ArgumentError, TrainingInterrupted, refuse
-from ..methods import build_method
+from ..data.prepared import TEST_BINARIZE, TRAIN_BINARIZE
+from ..errors import (
+    ArgumentError,
+    DataError,
+    PyroVAEError,
+    RunDirError,
+    RunMismatchError,
+    TrainingInterrupted,
+    refuse,
+)
+from ..estimators import ESTIMATORS
+from ..evaluate import check_model_width
+from ..methods import METHODS, build_method
 from ..methods.base import TrainingMethod
 from ..model import VAE
-from ..optim import LRSchedule, OptimizerFactory, optimizer_factory
+from ..optim import OPTIMIZERS, LRSchedule, OptimizerFactory, optimizer_factory
 from ..plots import elbo_title, plot_figures
 from .hooks import (
     Checkpoints,
@@ -54,11 +86,83 @@ from .hooks import (
     StopOnSignals,
 )
 from .loop import Callback, Trainer
-from .rundir import LAST_CHECKPOINT, RunDir
+from .rundir import LAST_CHECKPOINT, RunDir, check_model_state, load_model_state
 
 logger = logging.getLogger("pyro_vae.training")
 
 SNAPSHOT_SCHEDULES = ("log", "all", "none")
+
+#: What each checked argument of :func:`train` allows. The configuration's keys of the same
+#: names are declared with these objects (:mod:`pyro_vae.config.schema`), so ``train(...,
+#: lr=-1)`` and ``pyro-vae train lr=-1`` are refused by the same check, in the same words.
+TRAIN_CHECKS: dict[str, Allowed] = {
+    "epochs": integer(0),
+    "num_samples": integer(1),
+    "batch_size": integer(1),
+    "num_particles": integer(1),
+    "lr": positive(),
+    "weight_decay": positive(allow_zero=True),
+    "clip_grad_norm": positive(),
+    "fast": BOOL,
+    "binarize": one_of(TRAIN_BINARIZE),
+    "test_binarize": one_of(TEST_BINARIZE),
+    "binarize_seed": SEED,
+    "seed": SEED,
+    "eval_batch_size": integer(1),
+    "checkpoint_every": integer(1),
+    "checkpoint_every_steps": integer(1),
+    "checkpoint_every_seconds": positive(),
+    "snapshots": one_of(SNAPSHOT_SCHEDULES),
+    "skip_nonfinite": BOOL,
+    "progress": BOOL,
+    "plots": BOOL,
+    "lr_search": STEP_SIZES,
+    "lr_search_steps": integer(1),
+    "lr_gamma": fraction(upper_closed=True),
+    "lr_step_epochs": integer(1),
+    "lr_min": positive(allow_zero=True),
+    "lr_iwae_epochs": integer(1),
+    "resume": BOOL,
+    "overwrite": BOOL,
+}
+#: The arguments of :data:`TRAIN_CHECKS` that may also be None.
+TRAIN_NULLABLE = (
+    "num_samples",
+    "clip_grad_norm",
+    "checkpoint_every_steps",
+    "checkpoint_every_seconds",
+    "lr_search",
+)
+
+#: Settings a resumed run may change: how long it trains, and what only watches or records
+#: it; every other setting of a run is fixed once it has started. (skip_nonfinite changes
+#: nothing unless a step is non-finite, where the run would otherwise stop; logger, and
+#: every key under it, only records what is computed.)
+RESUMABLE_KEYS = frozenset(
+    {
+        "epochs",
+        "num_samples",
+        "progress",
+        "plots",
+        "checkpoint_every",
+        "checkpoint_every_steps",
+        "checkpoint_every_seconds",
+        "skip_nonfinite",
+        "device",
+        "data_dir",
+        "logger",
+    }
+)
+#: Settings that do not change what a run computes, nor how long: a finished run asked for
+#: again with other values of these is the same run.
+_SAME_RUN_KEYS = (RESUMABLE_KEYS - {"epochs", "num_samples"}) | {
+    "run_dir",
+    "resume",
+    "overwrite",
+    "download",
+    "validate",
+    "eval_num_samples",
+}
 
 
 def train(
@@ -158,14 +262,30 @@ def train(
             :class:`~pyro_vae.training.loggers.TensorBoardLogger`, ``MLflowLogger``).
     """
     arguments = dict(locals())
+    _check_arguments(arguments)
     run = RunDir(run_dir)
-    _check_settings(epochs, num_samples, batch_size, snapshots, checkpoint_every)
+    run.check_usable()
+    created = run.missing_dirs()
+    try:
+        return _train(arguments, run)
+    except BaseException:
+        # Refused or failed before writing anything: no empty directory is left behind.
+        run.remove_unused(created)
+        raise
+
+
+def _train(arguments: dict[str, Any], run: RunDir) -> dict[str, Any]:
+    """:func:`train`, its arguments checked and its run directory usable."""
+    a = arguments
+    vae, method, optimizer = a["vae"], a["method"], a["optimizer"]
+    lr_schedule, lr_search, lr, lr_min = a["lr_schedule"], a["lr_search"], a["lr"], a["lr_min"]
+    resume, overwrite, plots = a["resume"], a["overwrite"], a["plots"]
     schedule = LRSchedule.build(
         lr_schedule,
-        gamma=lr_gamma,
-        step_epochs=lr_step_epochs,
+        gamma=a["lr_gamma"],
+        step_epochs=a["lr_step_epochs"],
         lr_min=lr_min,
-        iwae_epochs=lr_iwae_epochs,
+        iwae_epochs=a["lr_iwae_epochs"],
     )
     if lr_schedule == "cosine" and isinstance(method, str) and isinstance(optimizer, str):
         lowest = min(lr_search) if lr_search else lr
@@ -174,55 +294,64 @@ def train(
             raise refuse(
                 "lr_min", lr_min, f"a number below {what} ({lowest}) with lr_schedule=cosine"
             )
-    finished = finished_summary(run, resume, overwrite)
-    if finished is not None:
-        return finished
-    device = next(vae.parameters()).device
-    data = _as_run_data(data, test, vae, device, binarize, test_binarize, binarize_seed)
-    if vae.num_data is None:
-        vae.num_data = data.num_train
-    elif vae.num_data != data.num_train:
+    device = _device_of(vae)
+    data = _as_run_data(
+        a["data"], a["test"], vae, device, a["binarize"], a["test_binarize"], a["binarize_seed"]
+    )
+    check_model_width(vae, data.train, "data")
+    if vae.num_data is not None and vae.num_data != data.num_train:
         raise refuse("vae.num_data", vae.num_data, f"the {data.num_train} training points")
-    if batch_size > data.num_train:
+    if a["batch_size"] > data.num_train:
         raise refuse(
             "batch_size",
-            batch_size,
+            a["batch_size"],
             f"at most the {data.num_train} training points of dataset={data.dataset.name}",
         )
+    config = a["config"]
+    record = dict(config) if config is not None else _default_record(a, vae, data)
+    finished = reuse_finished(run, record, resume, overwrite, vae)
+    if finished is not None:
+        return finished
+    if resume:
+        check_resume(run, record)
+    if vae.num_data is None:
+        vae.num_data = data.num_train
     if isinstance(method, str):
         if isinstance(optimizer, str):
-            optimizer = optimizer_factory(optimizer, lr=lr, weight_decay=weight_decay)
-        options: dict[str, Any] = {"optimizer": optimizer, "clip_grad_norm": clip_grad_norm}
+            optimizer = optimizer_factory(optimizer, lr=lr, weight_decay=a["weight_decay"])
+        options: dict[str, Any] = {"optimizer": optimizer, "clip_grad_norm": a["clip_grad_norm"]}
         if method == "aevb":
-            options.update(estimator=estimator, num_particles=num_particles, fast=fast)
+            options.update(
+                estimator=a["estimator"], num_particles=a["num_particles"], fast=a["fast"]
+            )
         method = build_method(method, vae, **options)
-    record = dict(config) if config is not None else _default_record(arguments, vae, data)
     batches = Minibatches(
-        data.train, batch_size, seed=seed, binarize=data.train_binarize, device=device
+        data.train, a["batch_size"], seed=a["seed"], binarize=data.train_binarize, device=device
     )
     checkpoints = Checkpoints(
-        run, checkpoint_every, checkpoint_every_steps, checkpoint_every_seconds
+        run, a["checkpoint_every"], a["checkpoint_every_steps"], a["checkpoint_every_seconds"]
     )
     hooks: list[Callback] = []
     if lr_search:
-        hooks.append(StepSizeSearch(lr_search, lr_search_steps))
+        hooks.append(StepSizeSearch(lr_search, a["lr_search_steps"]))
+    on_training_data = data.dataset.test is data.dataset.train  # train(x) without test=
     hooks += [
         RunRecord(run, record),
         StopOnSignals(),
-        ProgressBar(progress),
-        Snapshots(run, snapshots),
+        ProgressBar(a["progress"], "ELBO on the training data" if on_training_data else None),
+        Snapshots(run, a["snapshots"]),
         MetricsLog(run),
         checkpoints,
-        NonFinitePolicy(skip_nonfinite, checkpoints),
-        *callbacks,
+        NonFinitePolicy(a["skip_nonfinite"], checkpoints),
+        *a["callbacks"],
     ]
     trainer = Trainer(
         method,
         batches,
         data.test,
-        epochs=epochs,
-        num_samples=num_samples,
-        eval_batch_size=eval_batch_size,
+        epochs=a["epochs"],
+        num_samples=a["num_samples"],
+        eval_batch_size=a["eval_batch_size"],
         callbacks=hooks,
         meta=data.meta(),
         describe=getattr(method, "description", type(method).__name__),
@@ -248,18 +377,167 @@ def train(
     return summary
 
 
-def finished_summary(run: RunDir, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+def _device_of(vae: Any) -> torch.device:
+    param = next(vae.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _check_arguments(a: Mapping[str, Any]) -> None:
+    """Refuse a bad argument of :func:`train` (ArgumentError naming it) before any work."""
+    if not isinstance(a["vae"], VAE):
+        raise refuse("vae", a["vae"], "a pyro_vae.VAE (VAE.mlp(...) or VAE(encoder, decoder))")
+    run_dir = a["run_dir"]
+    if not isinstance(run_dir, str | os.PathLike) or not str(run_dir):
+        raise refuse("run_dir", run_dir, "a path (a non-empty string or os.PathLike)")
+    values = {k: a[k] for k in TRAIN_CHECKS}
+    if isinstance(values["lr_search"], tuple):
+        values["lr_search"] = list(values["lr_search"])
+    check_arguments(values, TRAIN_CHECKS, nullable=TRAIN_NULLABLE)
+    method, estimator, optimizer = a["method"], a["estimator"], a["optimizer"]
+    if isinstance(method, str):
+        one_of(sorted(METHODS)).check("method", method)
+    elif not all(hasattr(method, a) for a in ("vae", "step", "state_dict", "load_state_dict")):
+        raise refuse("method", method, f"one of {sorted(METHODS)} or a TrainingMethod object")
+    elif method.vae is not a["vae"]:
+        raise refuse("method", method, "a method that trains the vae given (its .vae)")
+    if isinstance(estimator, str):
+        one_of(sorted(ESTIMATORS)).check("estimator", estimator)
+    elif not isinstance(estimator, ELBO):
+        raise refuse("estimator", estimator, f"one of {sorted(ESTIMATORS)} or a Pyro ELBO")
+    if isinstance(optimizer, str):
+        one_of(sorted(OPTIMIZERS)).check("optimizer", optimizer)
+    elif not callable(optimizer):
+        raise refuse("optimizer", optimizer, f"one of {sorted(OPTIMIZERS)} or a callable")
+    if a["config"] is not None and not isinstance(a["config"], Mapping):
+        raise refuse("config", type(a["config"]).__name__, "a mapping of settings, or None")
+    callbacks = a["callbacks"]
+    if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
+        raise refuse("callbacks", callbacks, "a sequence of pyro_vae.Callback objects")
+
+
+def finished_summary(
+    run: RunDir,
+    resume: bool,
+    overwrite: bool,
+    record: Mapping[str, Any] | None = None,
+    what: str = "arguments",
+) -> dict[str, Any] | None:
     """The summary of a finished run that is left as it is (neither ``resume`` nor
     ``overwrite``), said so; None where training goes ahead (RunDirError for an unfinished
-    run without ``resume``)."""
+    run without ``resume``).
+
+    ``record``: the settings asked for (what ``config.yaml`` records); a finished run of
+    other settings is a :class:`~pyro_vae.errors.RunMismatchError` naming what differs
+    (``what``: the word for them in the message, ``arguments`` or ``overrides``), so a
+    new model or configuration is never answered with an old run's numbers."""
     if run.check_start(resume, overwrite):
         return None
+    if record is not None:
+        differences = run_differences(run.config(), record, _SAME_RUN_KEYS)
+        if differences:
+            more = [d for d in differences if d.partition(":")[0] in ("epochs", "num_samples")]
+            hint = (
+                "resume=True (command line: resume=true) trains it further, "
+                if more and len(more) == len(differences)
+                else ""
+            )
+            raise RunMismatchError(
+                f"{run.path} already holds a finished run of other {what}: "
+                f"{'; '.join(differences)}. {hint}overwrite=True (command line: "
+                "overwrite=true) retrains it from scratch, or choose another run_dir"
+            )
     logger.info(
-        "%s already holds a finished run; not retraining it "
+        "%s already holds a finished run of these settings; not retraining it "
         "(overwrite=true to train it again from scratch)",
         run.path,
     )
     return run.summary()
+
+
+def reuse_finished(
+    run: RunDir, record: Mapping[str, Any], resume: bool, overwrite: bool, vae: VAE
+) -> dict[str, Any] | None:
+    """:func:`finished_summary` for :func:`train`: a finished run of the same settings and
+    architecture has its trained model loaded into ``vae`` (which then is the run's model,
+    as after training it), and its summary is returned."""
+    if not run.is_finished() or resume or overwrite:
+        return finished_summary(run, resume, overwrite)
+    name = _final_checkpoint(run)
+    state = run.load_checkpoint(name, map_location=_device_of(vae))
+    source = f"{run.path} (checkpoint {name})"
+    check_model_state(vae, state["model"], source)  # nothing is changed by a refusal
+    summary = finished_summary(run, resume, overwrite, record)
+    load_model_state(vae, state["model"], source)
+    if vae.num_data is None:
+        vae.num_data = state.get("meta", {}).get("num_data")
+    logger.info("loaded the trained model of %s from %s into the VAE given", run.path, name)
+    return summary
+
+
+def _final_checkpoint(run: RunDir) -> str:
+    """The checkpoint of a finished run's final model: ``last.pt``, or where a run was kept
+    without it, its newest snapshot."""
+    if (run.checkpoint_dir / LAST_CHECKPOINT).is_file():
+        return LAST_CHECKPOINT
+    snapshots = run.snapshots()
+    return snapshots[-1][1].name if snapshots else LAST_CHECKPOINT
+
+
+def check_resume(run: RunDir, record: Mapping[str, Any]) -> None:
+    """``resume=True`` continues a run: RunDirError where ``run`` is not one (nothing to
+    resume: a new run is started without ``resume``), RunMismatchError where ``record``
+    would change it beyond :data:`RESUMABLE_KEYS`."""
+    if not run.is_run():
+        why = "it does not exist" if not run.path.exists() else "no checkpoint, no config.yaml"
+        raise RunDirError(
+            f"resume=true: {run.path} holds no run to resume ({why}); leave out resume to "
+            "start a new run there"
+        )
+    if not run.config_path.is_file():
+        return  # killed before its config was written: it starts again from its checkpoint
+    ignore = RESUMABLE_KEYS | _SAME_RUN_KEYS
+    differences = run_differences(run.config(), record, ignore)
+    if differences:
+        raise RunMismatchError(
+            "resume=true continues the run as it was configured; these settings would change "
+            f"it: {'; '.join(differences)}. Allowed on resume: {sorted(RESUMABLE_KEYS)}; "
+            "overwrite=True retrains from scratch"
+        )
+
+
+def run_differences(
+    saved: Mapping[str, Any], requested: Mapping[str, Any], ignore: frozenset[str] | set[str]
+) -> list[str]:
+    """``key: run has X, asked Y`` for each setting of ``requested`` that ``saved`` (a run's
+    config.yaml) records with another value; keys under ``ignore`` (and their sub-keys) are
+    not compared, nor keys that one of them lacks (settings added or dropped between
+    versions). ``lr`` is not compared where a step-size search chose it (``lr_search``)."""
+    old, new = _flat(_plain(saved)), _flat(_plain(requested))
+    skip = set(ignore)
+    if old.get("lr_search") is not None or new.get("lr_search") is not None:
+        skip.add("lr")
+    differences = []
+    for key, value in new.items():
+        if key.split(".")[0] in skip or key in skip or key not in old:
+            continue
+        if old[key] != value:
+            differences.append(f"{key}: run has {old[key]!r}, asked {value!r}")
+    return differences
+
+
+def _plain(node: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(node), default=str))
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (lists are values)."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _fit(
@@ -270,7 +548,15 @@ def _fit(
     run.remove_partial_files()
     if resume and run.has_checkpoint():
         state, path = run.resume_checkpoint()
-        trainer.load_state_dict(state)
+        check_model_state(trainer.vae, state.get("model"), str(path))
+        try:
+            trainer.load_state_dict(state)
+        except PyroVAEError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # the optimisers' state
+            raise RunMismatchError(
+                f"{path} does not resume with these settings: {type(e).__name__}: {e}"
+            ) from None
         if run.is_finished() and trainer.done():  # e.g. a -m sweep resumed: leave it be
             logger.info("%s already holds a finished run; nothing to resume", run.path)
             return run.summary(), False
@@ -344,6 +630,9 @@ def _as_run_data(
         if test is not None:
             raise ArgumentError("test= is for tensors; prepared RunData carry their test set")
         return data
+    for name, x in (("data", data), ("test", test)):
+        if isinstance(x, torch.Tensor):
+            _check_tensor(x, name)
     if isinstance(data, torch.Tensor) or is_torch_data(data):
         data = torch_dataset(data, test)  # tensor_dataset(data, test) for tensors
     elif test is not None:
@@ -362,19 +651,28 @@ def _as_run_data(
     )
 
 
-def _check_settings(
-    epochs: Any, num_samples: Any, batch_size: Any, snapshots: str, checkpoint_every: Any
-) -> None:
-    for key, value, minimum in (
-        ("epochs", epochs, 0),
-        ("batch_size", batch_size, 1),
-        ("checkpoint_every", checkpoint_every, 1),
-        ("num_samples", 1 if num_samples is None else num_samples, 1),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise refuse(key, value, f"an integer >= {minimum}")
-    if snapshots not in SNAPSHOT_SCHEDULES:
-        raise refuse("snapshots", snapshots, f"one of {list(SNAPSHOT_SCHEDULES)}")
+def _check_tensor(x: torch.Tensor, name: str) -> None:
+    """A DataError naming ``name`` for a tensor that is not [N, D] or [N, H, W] data."""
+    if x.ndim not in (2, 3):
+        hint = "; x.unsqueeze(1) makes one value per point" if x.ndim == 1 else ""
+        raise DataError(
+            f"{name} has shape {list(x.shape)}: expected [N, D] data (or [N, H, W] images){hint}"
+        )
+    if x.numel() == 0:
+        raise DataError(f"{name} is empty (shape {list(x.shape)}): expected at least one point")
+    if x.dtype.is_complex:
+        raise DataError(f"{name} holds complex numbers ({x.dtype}): expected real numbers")
+
+
+def data_digest(dataset: Dataset) -> str:
+    """SHA-256 of a dataset's training and test values (float32 on the CPU): what tells two
+    tensors given in Python apart in a run's config.yaml, where no file names them."""
+    h = hashlib.sha256()
+    for x in (dataset.train, dataset.test):
+        t = x.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{list(t.shape)}".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def _name(estimator: str | ELBO) -> str:
@@ -386,7 +684,10 @@ def _default_record(args: dict[str, Any], vae: VAE, data: RunData) -> dict[str, 
     apply, so ``pyro-vae evaluate/plot/compare`` read it; the model's settings when it is
     the paper's MLP (:meth:`VAE.mlp`), which :func:`~pyro_vae.runs.load_run` rebuilds."""
     method = args["method"]
-    dataset = dict(data.dataset.settings) or {"name": data.dataset.name}
+    dataset = dict(data.dataset.settings) or {
+        "name": data.dataset.name,
+        "sha256": data_digest(data.dataset),  # no file names them: their values do
+    }
     data_dir = dataset.pop("data_dir", None)
     model = vae.settings or {
         "model": type(vae).__name__,
