@@ -1,13 +1,15 @@
-"""Burda et al. (2015), Table 1, one stochastic layer, on dynamically binarised MNIST: the
-VAE (estimator A with k samples) and the IWAE at k in {1, 5, 50}, with DReG (Tucker et al.
-2019) and STL (Roeder et al. 2017) beside them at the same k.
+"""Burda et al. (2015), Table 1, one and two stochastic layers, on dynamically binarised
+MNIST: the VAE (estimator A with k samples) and the IWAE at k in {1, 5, 50}, with DReG
+(Tucker et al. 2019) and STL (Roeder et al. 2017) beside them at the same k.
 
-    python experiments/iwae_table.py data_dir=../shared/data                  # budget=cpu
-    python experiments/iwae_table.py data_dir=... budget=paper device=cuda    # a GPU
+    python experiments/iwae_table.py                                         # budget=cpu
+    python experiments/iwae_table.py budget=paper device=cuda                # a GPU
 
 Every run is ``pyro-vae train +experiment=iwae`` (784-200-200-50 tanh, Adam beta 0.9/0.999
 eps 1e-4, lr 1e-3, Burda et al.'s schedule, all 60000 training images binarised afresh
-every minibatch) with ``estimator`` and ``num_particles=k``:
+every minibatch), or for the two-layer rows (``layers=2``; names ``<estimator>_2l_...``)
+``+experiment=iwae_2layer`` (784-200-200-100-100-100-50), with ``estimator`` and
+``num_particles=k``:
 
 - ``vae``: ``estimator=sgvb_a`` (the ELBO, k samples averaged);
 - ``iwae``: ``estimator=iwae`` (the k-sample bound); at k = 1 it is the VAE (not run again);
@@ -23,7 +25,8 @@ Budgets:
 - ``cpu``: ``+experiment=iwae_cpu`` (batch 100; ``fast=true`` for the VAE rows), every row
   with the schedule squeezed into ``epochs`` epochs (``lr_iwae_epochs=epochs``, default 10;
   run name ``<estimator>_k<k>_e<epochs>``), evaluated on the first ``test_points`` (1000)
-  test images; and one long VAE k = 1 run: the schedule in ``long_epochs`` (3280, the
+  test images; and for each architecture one long VAE k = 1 run: the schedule in
+  ``long_epochs`` (3280, the
   paper's, unsqueezed: about 5 h of these 2 cores; fewer squeeze it) and trained for
   ``long_stop`` of them (default all; the last stage, lr * 10^-1,
   starts at a third of the run, so a stop after it is the same schedule with a shorter
@@ -35,7 +38,9 @@ Each row reports the test NLL (-log p(x), importance sampling with K = ``importa
 5000) with its standard error over images, the test ELBO, the active units (Burda et al.'s
 Cov_x(E_q[z_u|x]) > 10^-2, over all 10000 test images), the epochs and the training time,
 beside the paper's NLL. A finished run is reused, and its evaluation is cached in its
-summary.json: rerunning continues where an interrupted run of the script stopped.
+summary.json: rerunning continues where an interrupted run of the script stopped. A run
+that is not on this machine but is kept, evaluated, under ``out``/runs (the committed
+results) is taken from there instead of being trained again.
 
 Writes into ``out`` (experiments/results/iwae_table[-<budget>] for budgets other than cpu):
 ``results.csv``, ``results.md`` (the table beside the paper's), ``nll_vs_k.png``, and
@@ -44,13 +49,14 @@ snapshot (``checkpoints/epoch_NNNN.pt``, about 1.7 MB), so that anyone can re-ev
 ``pyro-vae evaluate experiments/results/iwae_table/runs/<name> num_samples=5000``.
 
 Keys (``key=value``): data_dir, budget (cpu), ks (``1,5,50``; cpu: ``1,5``), estimators
-(``vae,iwae,dreg,stl``), epochs, long_epochs, long_stop, test_points, importance_samples,
+(``vae,iwae,dreg,stl``), layers (``1,2``: stochastic layers), epochs, long_epochs, long_stop, test_points, importance_samples,
 device (cpu), runs (runs/iwae_table), out, seed (0).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 import sys
@@ -60,7 +66,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from pyro_vae import RunDir, active_units, evaluate, load_run
+from pyro_vae import RunDir, evaluate, load_run
+from pyro_vae.evaluate import active_units_per_layer
 from pyro_vae.cli import configure_logging, parse_key_values
 from pyro_vae.config import compose_config, run_training
 from pyro_vae.training import snapshot_name
@@ -110,7 +117,7 @@ def rows_of(opts: dict[str, Any]) -> list[dict[str, Any]]:
             f"fast={fast}",
             f"seed={opts['seed']}",
             f"device={opts['device']}",
-            f"data_dir={opts['data_dir']}",
+            *([f"data_dir={opts['data_dir']}"] if opts["data_dir"] else []),
             f"run_dir={Path(opts['runs']) / name}",
             "progress=false",
             "snapshots=none",
@@ -161,6 +168,11 @@ def run_row(row: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
     summary.json."""
     run_dir = Path(opts["runs"]) / row["name"]
     run = RunDir(run_dir)
+    k_eval, points = opts["importance_samples"], row["points"]
+    key = f"iwae_table_K{k_eval}_N{points}"
+    kept = kept_evaluation(Path(opts["out"]) / "runs" / row["name"], key)
+    if kept is not None and not run.has_checkpoint():
+        return table_row(row, kept, key)
     unfinished = run.has_checkpoint() and not run.is_finished()
     summary = run_training(compose_config([*row["overrides"], f"resume={str(unfinished).lower()}"]))
     final = summary["epochs"]
@@ -170,8 +182,6 @@ def run_row(row: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
             {"model": state["model"], "meta": state["meta"], "epoch": final},
             snapshot_name(final),
         )
-    k_eval, points = opts["importance_samples"], row["points"]
-    key = f"iwae_table_K{k_eval}_N{points}"
     if key not in summary:
         loaded = load_run(run_dir, snapshot_name(final), device=opts["device"])
         test = loaded.data().test
@@ -181,25 +191,45 @@ def run_row(row: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
             "nll": -result["test_log_likelihood"],
             "nll_se": result["test_log_likelihood_se"],
             "test_elbo": result["test_elbo"],
-            "active_units": active_units(loaded.vae, test),
+            "active_units_per_layer": active_units_per_layer(loaded.vae, test),
             "latent_dim": loaded.vae.latent_dim,
             "eval_seconds": round(time.perf_counter() - start, 1),
         }
+        summary[key]["active_units"] = sum(summary[key]["active_units_per_layer"])
         run.update_summary(**{key: summary[key]})
+    keep_run(run_dir, Path(opts["out"]) / "runs" / row["name"], final)
+    return table_row(row, summary, key)
+
+
+def kept_evaluation(kept: Path, key: str) -> dict[str, Any] | None:
+    """The summary of a run kept in the results (committed), if it holds the evaluation
+    ``key``: a fresh checkout reuses it instead of training the run again (hours)."""
+    path = kept / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if key in summary and summary.get("status") == "finished" else None
+
+
+def table_row(row: dict[str, Any], summary: dict[str, Any], key: str) -> dict[str, Any]:
+    """One row of the table from a run's summary and its cached evaluation ``key``."""
+    evaluation = dict(summary[key])
+    per_layer = evaluation.pop("active_units_per_layer", [evaluation["active_units"]])
     out = {
         "name": row["name"],
+        "layers": row["layers"],
         "estimator": row["estimator"],
         "k": row["k"],
-        "epochs": final,
+        "epochs": summary["epochs"],
         "batch_size": compose_config(row["overrides"]).batch_size,
-        "test_points": points,
-        "importance_samples": k_eval,
-        **summary[key],
+        "test_points": row["points"],
+        "importance_samples": int(key.split("_K")[1].split("_")[0]),
+        **evaluation,
+        "active_units": "+".join(str(n) for n in per_layer),
         "train_hours": round(summary["train_seconds"] / 3600, 2),
     }
-    paper = PAPER.get(row["estimator"], {}).get(row["k"])
-    out["paper_nll"], out["paper_active_units"] = paper or (math.nan, math.nan)
-    keep_run(run_dir, Path(opts["out"]) / "runs" / row["name"], final)
+    paper = (PAPER if row["layers"] == 1 else PAPER_2LAYER).get(row["estimator"], {})
+    out["paper_nll"], out["paper_active_units"] = paper.get(row["k"], (math.nan, math.nan))
     return out
 
 
@@ -214,6 +244,7 @@ def keep_run(run_dir: Path, dest: Path, final: int) -> None:
 
 COLUMNS = (
     ("name", "run", "{}"),
+    ("layers", "layers", "{}"),
     ("k", "k", "{}"),
     ("epochs", "epochs", "{}"),
     ("batch_size", "batch", "{}"),
@@ -244,10 +275,10 @@ def write_results(rows: list[dict[str, Any]], opts: dict[str, Any], command: str
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in sorted(rows, key=lambda r: (r["epochs"], r["k"], r["estimator"])):
+    for row in sorted(rows, key=lambda r: (r["layers"], r["epochs"], r["k"], r["estimator"])):
         lines.append("| " + " | ".join(_cell(row, k, f) for k, _, f in COLUMNS) + " |")
     table = "\n".join(lines)
-    text = f"""# Burda et al. (2015) Table 1, one stochastic layer, dynamic MNIST
+    text = f"""# Burda et al. (2015) Table 1, one and two stochastic layers, dynamic MNIST
 
 Produced by
 
@@ -256,7 +287,8 @@ Produced by
 Budget `{opts["budget"]}`. Test NLL = -log p(x) in nats, importance sampling with
 K={opts["importance_samples"]} over the first `test images` of the 10000 (binarised once,
 seed 0), ± its standard error over images; test ELBO over the same images; active units
-Cov_x(E_q[z_u|x]) > 10^-2 over all 10000. The paper's numbers: Burda et al. (2015), Table 1
+Cov_x(E_q[z_u|x]) > 10^-2 over all 10000 (two layers: first + second, the second's
+E_q[z2|x] as the mean of q(z2|z1)'s mean over 200 draws of z1). The paper's numbers: Burda et al. (2015), Table 1
 (k = 1, 5, 50; the IWAE at k = 1 is the VAE). Training time on this machine.
 
 {table}
@@ -271,18 +303,29 @@ Cov_x(E_q[z_u|x]) > 10^-2 over all 10000. The paper's numbers: Burda et al. (201
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for est in ESTIMATORS:
-        for epochs in sorted({r["epochs"] for r in rows}):
-            pts = sorted(
-                (r["k"], r["nll"]) for r in rows if (r["estimator"], r["epochs"]) == (est, epochs)
+    for layers in sorted({r["layers"] for r in rows}):
+        for est in ESTIMATORS:
+            for epochs in sorted({r["epochs"] for r in rows}):
+                pts = sorted(
+                    (r["k"], r["nll"])
+                    for r in rows
+                    if (r["layers"], r["estimator"], r["epochs"]) == (layers, est, epochs)
+                )
+                if pts:
+                    label = f"{est}, {layers} layer(s), {epochs} epochs"
+                    ax.plot(*zip(*pts, strict=True), "o-", label=label)
+    for table, layers in ((PAPER, 1), (PAPER_2LAYER, 2)):
+        if not any(r["layers"] == layers for r in rows):
+            continue
+        for est, marker in (("vae", "s"), ("iwae", "^")):
+            ks = sorted(table[est])
+            ax.plot(
+                ks,
+                [table[est][k][0] for k in ks],
+                marker + "--",
+                color="grey" if layers == 1 else "black",
+                label=f"{est}, {layers} layer(s), paper",
             )
-            if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", label=f"{est}, {epochs} epochs")
-    for est, marker in (("vae", "s"), ("iwae", "^")):
-        ks = sorted(PAPER[est])
-        ax.plot(
-            ks, [PAPER[est][k][0] for k in ks], marker + "--", color="grey", label=f"{est}, paper"
-        )
     ax.set_xscale("log")
     ax.set_xlabel("k (samples in the bound)")
     ax.set_ylabel("test NLL (nats, lower is better)")

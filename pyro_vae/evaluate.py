@@ -123,7 +123,7 @@ def active_units_per_layer(
     vae: VAE, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD, batch_size: int = 1000
 ) -> list[int]:
     """:func:`active_units` of each stochastic layer, the first (next to x) first. E_q[z_1|x]
-    is the encoder's mean; an upper layer's is a Monte Carlo mean over 100 draws of q
+    is the encoder's mean; an upper layer's is a Monte Carlo mean over 200 draws of q
     (:meth:`~pyro_vae.model.VAE.posterior_means`), from a fixed seed of its own, so the
     count is the same every time and the caller's random stream is left alone."""
     if getattr(vae, "stack", None) is None:

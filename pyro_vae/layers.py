@@ -158,15 +158,18 @@ class LatentStack(nn.Module):
 
     @torch.no_grad()
     def posterior_means(
-        self, z1_loc: torch.Tensor, z1_scale: torch.Tensor, num_samples: int = 100
+        self, z1_loc: torch.Tensor, z1_scale: torch.Tensor, num_samples: int = 200
     ) -> list[torch.Tensor]:
-        """E_q[z_l | x] for every layer, [M, dim_l] each: exact for z_1 (its loc), by
-        ``num_samples`` ancestral draws of q above it (Monte Carlo) for the upper layers."""
+        """E_q[z_l | x] for every layer, [M, dim_l] each: exact for z_1 (its loc); for an
+        upper layer, the mean over ``num_samples`` ancestral draws of z_{l-1} of q(z_l |
+        z_{l-1})'s own mean (Rao-Blackwellised: only the layer below is sampled, so the
+        Monte Carlo noise is Var(mu_l(z_{l-1})) / S, near zero for a collapsed unit)."""
         means = [z1_loc]
         if len(self) == 1:
             return means
         z = dist.Normal(z1_loc, z1_scale).sample((num_samples,))
         for _, layer in self.upward():
-            z = layer.distribution(z).sample()
-            means.append(z.mean(0))
+            q = layer.distribution(z)
+            means.append(q.mean.mean(0))
+            z = q.sample()
         return means
