@@ -49,8 +49,9 @@ snapshot (``checkpoints/epoch_NNNN.pt``, about 1.7 MB), so that anyone can re-ev
 ``pyro-vae evaluate experiments/results/iwae_table/runs/<name> num_samples=5000``.
 
 Keys (``key=value``): data_dir, budget (cpu), ks (``1,5,50``; cpu: ``1,5``), estimators
-(``vae,iwae,dreg,stl``), layers (``1,2``: stochastic layers), epochs, long_epochs, long_stop, test_points, importance_samples,
-device (cpu), runs (runs/iwae_table), out, seed (0).
+(``vae,iwae,dreg,stl``), layers (``1,2``: stochastic layers), epochs, long_epochs,
+long_stop, test_points, importance_samples, device (cpu), runs (runs/iwae_table), out,
+seed (0).
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from pyro_vae import RunDir, evaluate, load_run
-from pyro_vae.evaluate import active_units_per_layer
 from pyro_vae.cli import configure_logging, parse_key_values
 from pyro_vae.config import compose_config, run_training
+from pyro_vae.evaluate import active_units_per_layer
 from pyro_vae.training import snapshot_name
 
 #: Burda et al. (2015), Table 1, MNIST, one stochastic layer: test NLL and active units
@@ -288,8 +289,9 @@ Budget `{opts["budget"]}`. Test NLL = -log p(x) in nats, importance sampling wit
 K={opts["importance_samples"]} over the first `test images` of the 10000 (binarised once,
 seed 0), ± its standard error over images; test ELBO over the same images; active units
 Cov_x(E_q[z_u|x]) > 10^-2 over all 10000 (two layers: first + second, the second's
-E_q[z2|x] as the mean of q(z2|z1)'s mean over 200 draws of z1). The paper's numbers: Burda et al. (2015), Table 1
-(k = 1, 5, 50; the IWAE at k = 1 is the VAE). Training time on this machine.
+E_q[z2|x] as the mean of q(z2|z1)'s mean over 200 draws of z1). The paper's numbers:
+Burda et al. (2015), Table 1 (k = 1, 5, 50; the IWAE at k = 1 is the VAE). Training time
+on this machine.
 
 {table}
 
