@@ -48,7 +48,8 @@ commands:
                                        checkpoints (last | all | epoch_0004.pt,...),
                                        batch_size (the run's), seed (0), device, out_dir,
                                        groups (module: phi, theta | layer: phi:trunk.0, ...
-                                               | parameter: one per tensor)
+                                               | parameter: one per tensor
+                                               | site: q:z, p:x, ...)
 
 examples:
   pyro-vae train                                    # the paper's MNIST model, defaults

@@ -1,8 +1,10 @@
 """ELBO estimators selectable by name (``estimator=...``), one per file.
 
 Each is an object with Pyro's ``ELBO`` interface (``loss``, ``loss_and_grads``,
-``differentiable_loss``), so ``pyro.infer.SVI`` takes it unchanged, on any Pyro model and
-guide whose sample sites lie in one data plate: site names are read from the traces and
+``differentiable_loss``), so ``pyro.infer.SVI`` takes it unchanged, on the Pyro models and
+guides Pyro's ``Trace_ELBO`` takes (global latents, nested, subsampled and user plates,
+masks, scales, several latent sites: :mod:`~pyro_vae.estimators.base` says how, and where
+each estimator stops): site names are read from the traces and
 parameters are whatever ``pyro.module``/``pyro.param`` register, so a model written as
 Pyro's ``examples/vae/vae.py`` is (``tests/test_gradient_variance.py`` trains one with
 each). ``loss`` is minus the bound's estimate at full-data scale (eq. 8), so ``-loss / N``
