@@ -1,7 +1,7 @@
 """A plain (deterministic) autoencoder beside the VAE: the course notes' claims
 (``../shared/seeds/``), measured on MNIST with the same networks.
 
-    python experiments/autoencoder.py data_dir=../shared/data [budget=cpu|full]
+    python experiments/autoencoder.py [budget=cpu|full]
 
 The autoencoder is the VAE's encoder mean and decoder: code = mu(x) (the same MLP as the
 encoder, its variance head unused), reconstruction = the decoder's sigmoid(logits). It is
@@ -40,7 +40,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import Options, finish, save_csv, save_figure, show_images, sweep
+from common import (
+    Options,
+    data_dir_overrides,
+    finish,
+    save_csv,
+    save_figure,
+    show_images,
+    sweep,
+)
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -150,7 +158,9 @@ def main(argv: list[str]) -> None:
         ],
     )
     vaes = {r.config["latent_dim"]: r for r in vaes if r.config["num_samples"] == samples}
-    data = load_data(as_plain(compose_config([f"data_dir={opts.data_dir}", "dataset=mnist"])))
+    data = load_data(
+        as_plain(compose_config([*data_dir_overrides(opts.data_dir), "dataset=mnist"]))
+    )
     test = data.test
     noise = binarize(torch.full((1000, data.x_dim), 0.5), seed=1)
 

@@ -557,7 +557,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--eval-rounds", type=int, default=10)
     parser.add_argument("--devices", default=None, help="default: cpu, and cuda when present")
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    # default: pyro-vae's own lookup (./data, then MNIST from experiments/data)
+    parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true", help="a few rounds, to check the script")
     parser.add_argument(
@@ -586,14 +587,15 @@ def main() -> None:
     start = time.perf_counter()
     result: dict[str, Any] = {"command": command, "machine": machine(), "devices": {}}
     for device in devices:
-        data = load_data(as_plain(compose_config([f"data_dir={args.data_dir}"])), device)
+        data_dir = [f"data_dir={args.data_dir}"] if args.data_dir else []
+        data = load_data(as_plain(compose_config(data_dir)), device)
         res: dict[str, Any] = {}
         points = 20 if args.quick else 200
         if args.k5000:
             res["evaluation_k5000"] = bench_k5000(data, device, eval_rounds, points)
             result["devices"][device] = res
             continue
-        grey_cfg = [f"data_dir={args.data_dir}", "dataset.binarize=none", "likelihood=categorical"]
+        grey_cfg = [*data_dir, "dataset.binarize=none", "likelihood=categorical"]
         grey = load_data(as_plain(compose_config(grey_cfg)), device)
         res["networks"] = bench_networks(data, grey, device, max(2, rounds // 5), 3)
         print(f"{device} networks: {res['networks']['seconds_per_epoch']} s/epoch")

@@ -31,7 +31,8 @@ BUDGETS = ("smoke", "cpu", "full")
 USAGE = """keys (all optional):
   budget=cpu|full|smoke  cpu: the budget measured here (2 CPU cores); full: the paper's
                       (a GPU); smoke: a few minibatches per run, to check the pipeline
-  data_dir=PATH       datasets (default ../shared/data, relative to the repository)
+  data_dir=PATH       datasets (default: pyro-vae's lookup, ./data, then the repository's
+                      copy of MNIST in experiments/data; Frey Face is downloaded)
   device=cpu|cuda|auto
   jobs=N              train N runs at once in local processes (Hydra's joblib launcher,
                       pip install -e ".[sweep]"); 1 runs them one after the other
@@ -47,7 +48,7 @@ class Options:
     def __init__(self, argv: Sequence[str], figure: str):
         values = {
             "budget": "cpu",
-            "data_dir": str(ROOT.parent / "shared" / "data"),
+            "data_dir": None,
             "device": "cpu",
             "jobs": "1",
             "runs": str(ROOT / "experiments" / "runs"),
@@ -61,7 +62,8 @@ class Options:
         if values["budget"] not in BUDGETS:
             sys.exit(f"budget={values['budget']!r} is not one of {list(BUDGETS)}")
         self.budget = values["budget"]
-        self.data_dir = str(Path(values["data_dir"]).expanduser().resolve())
+        given = values["data_dir"]
+        self.data_dir = str(Path(given).expanduser().resolve()) if given else None
         self.device = values["device"]
         self.jobs = int(values["jobs"])
         self.runs = Path(values["runs"]).resolve()
@@ -83,7 +85,7 @@ def sweep(opts: Options, name: str, overrides: Sequence[str]) -> list[RunRecord]
         "train",
         "-m",
         f"run_dir={opts.runs / name}",
-        f"data_dir={opts.data_dir}",
+        *data_dir_overrides(opts.data_dir),
         f"device={opts.device}",
         "progress=false",
         *overrides,
@@ -93,6 +95,12 @@ def sweep(opts: Options, name: str, overrides: Sequence[str]) -> list[RunRecord]
     print("$ " + shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     return load_runs(find_runs([str(opts.runs / name)]))
+
+
+def data_dir_overrides(data_dir: str | None) -> list[str]:
+    """``data_dir=...`` for ``pyro-vae train``, or nothing: its own lookup (``./data``, then
+    the repository's copy of MNIST in experiments/data)."""
+    return [f"data_dir={data_dir}"] if data_dir else []
 
 
 def select(records: Sequence[RunRecord], config: dict[str, Any]) -> list[RunRecord]:

@@ -59,7 +59,13 @@ EXTRA_RUNS = {
 def train(name: str, overrides: list[str], args: argparse.Namespace) -> Path:
     run_dir = Path(args.runs_dir) / f"train_{name}"
     cfg = compose_config(
-        [f"data_dir={args.data_dir}", f"run_dir={run_dir}", "progress=false", *overrides, *args.set]
+        [
+            *([f"data_dir={args.data_dir}"] if args.data_dir else []),
+            f"run_dir={run_dir}",
+            "progress=false",
+            *overrides,
+            *args.set,
+        ]
     )
     run_training(cfg, run_dir)
     return run_dir
@@ -171,7 +177,7 @@ def training_study(args: argparse.Namespace) -> None:
     text = (
         "# 10-epoch MNIST training with each estimator\n\n"
         "Command: `python experiments/estimator_variance.py --training`; each row is "
-        "`pyro-vae train data_dir=../shared/data <overrides>` (defaults otherwise: Nz=20, "
+        "`pyro-vae train <overrides>` (defaults otherwise: Nz=20, "
         "500 hidden units, Adam 1e-3, batch 100, 10 epochs, seed 0). Test ELBO: one "
         "reparameterised sample per test image (estimator A's bound, whatever the training "
         f"estimator); log p(x): importance sampling with K={args.k} encoder samples.\n\n"
@@ -183,7 +189,8 @@ def training_study(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    # default: pyro-vae's own lookup (./data, then MNIST from experiments/data)
+    parser.add_argument("--data-dir", default=None)
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "estimator_variance"))
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--repeats", type=int, default=100)

@@ -9,7 +9,7 @@ minibatches and noise; and, as the yardstick of "within noise", the traced path 
 another seed. Writes per-epoch train and test ELBOs, and the largest |difference| of each
 pair, to ``experiments/results/benchmark/fast_path_curves.{json,md}``.
 
-    python experiments/fast_path_curves.py [epochs=3] [data_dir=../shared/data]
+    python experiments/fast_path_curves.py [epochs=3] [data_dir=DIR]
         [runs=experiments/runs/fast_path_curves] [out=experiments/results/benchmark]
 """
 
@@ -51,7 +51,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown keys {unknown}; the keys are epochs, data_dir, runs and out")
     epochs = int(args.get("epochs", 3))
-    data_dir = args.get("data_dir", str(ROOT.parent / "shared" / "data"))
+    data_dir = args.get("data_dir")  # None: pyro-vae's lookup (MNIST from experiments/data)
     runs, out = Path(args.get("runs", RUNS)), Path(args.get("out", OUT))
     configure_logging()  # the package's messages on stderr, as pyro-vae train shows them
     curves, seconds = {}, {}
@@ -61,7 +61,7 @@ def main() -> None:
             [
                 *overrides,
                 f"epochs={epochs}",
-                f"data_dir={data_dir}",
+                *([f"data_dir={data_dir}"] if data_dir else []),
                 f"run_dir={run_dir}",
                 "progress=false",
                 "plots=false",

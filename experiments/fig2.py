@@ -1,6 +1,6 @@
 """Figure 2: AEVB against wake-sleep, lower bound per datapoint against training samples.
 
-    python experiments/fig2.py data_dir=../shared/data [budget=cpu|full] [jobs=N]
+    python experiments/fig2.py [budget=cpu|full] [jobs=N]
 
 MNIST with Nz in {3, 5, 10, 20, 200} (500 hidden units) and Frey Face with Nz in
 {2, 5, 10, 20} (200 hidden units), each trained with AEVB (Pyro's Trace_ELBO, estimator A)

@@ -1,6 +1,6 @@
 """Figure 3: estimated marginal log-likelihood over training, AEVB vs wake-sleep vs MCEM.
 
-    python experiments/fig3.py data_dir=../shared/data [budget=cpu|full] [jobs=N]
+    python experiments/fig3.py [budget=cpu|full] [jobs=N]
 
 MNIST, Nz = 3, 100 hidden units, training sets of the first 1000 and the first 50000
 images; the paper's settings (``+experiment=paper``) for all three methods; MCEM with its

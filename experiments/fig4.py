@@ -1,6 +1,6 @@
 """Figure 4: the learned 2-D manifolds of Frey Face and MNIST.
 
-    python experiments/fig4.py data_dir=../shared/data [budget=cpu|full]
+    python experiments/fig4.py [budget=cpu|full]
 
 AEVB with Nz = 2 and the paper's settings (``+experiment=paper``), the same runs as
 Figure 2's Frey Face Nz = 2 and Figure 5's MNIST Nz = 2 (a run one of them trained is not

@@ -1,6 +1,6 @@
 """Figure 5: random samples from MNIST models with Nz in {2, 5, 10, 20}.
 
-    python experiments/fig5.py data_dir=../shared/data [budget=cpu|full]
+    python experiments/fig5.py [budget=cpu|full]
 
 AEVB with the paper's settings (``+experiment=paper``); Nz = 5, 10, 20 are Figure 2's runs
 and Nz = 2 is Figure 4's (a run already trained is not trained again). Each panel shows the

@@ -1,7 +1,7 @@
 """Likelihood and network study: MNIST's grey levels under four likelihoods, and the conv
 network against the paper's MLP on binarised MNIST.
 
-    python experiments/likelihoods_study.py data_dir=../shared/data
+    python experiments/likelihoods_study.py
 
 Runs (Nz=20, Adam 1e-3, batch 100, seed 0, ``epochs`` epochs each, into ``<runs>/<run>``;
 a finished run is reused, so an interrupted study continues where it stopped):
@@ -83,7 +83,7 @@ def run_one(name: str, opts: dict[str, Any]) -> dict[str, Any]:
         "latent_dim=20",
         f"epochs={epochs}",
         f"seed={opts['seed']}",
-        f"data_dir={opts['data_dir']}",
+        *([f"data_dir={opts['data_dir']}"] if opts["data_dir"] else []),
         f"run_dir={run_dir}",
         "progress=false",
         *extra,

@@ -1,6 +1,6 @@
 """Prior study: the paper's MNIST model trained for one budget under six priors p(z).
 
-    python experiments/priors_study.py data_dir=../shared/data
+    python experiments/priors_study.py
 
 Each prior trains the same network (Nz=20, 500 tanh hidden units, Bernoulli decoder, Adam
 1e-3, batch 100, seed 0) for ``epochs`` epochs into ``<runs>/<prior>``; a finished run is
@@ -107,7 +107,7 @@ def run_prior(prior: str, opts: dict[str, Any]) -> dict[str, Any]:
         "latent_dim=20",
         f"epochs={opts['epochs']}",
         f"seed={opts['seed']}",
-        f"data_dir={opts['data_dir']}",
+        *([f"data_dir={opts['data_dir']}"] if opts["data_dir"] else []),
         f"run_dir={run_dir}",
         "progress=false",
     ]

@@ -40,7 +40,7 @@ and group), ``snr_vs_k.md`` (the settings, the fitted log-log slopes and the SNR
 initialisation) and ``run_info.json`` (the command, the wall time, the checkpoints).
 
 Keys (``key=value``): budget (smoke|cpu|full), run, fallback_run
-(runs/snr_vs_k/trained), train_epochs (5), data_dir (../shared/data), ks, repeats,
+(runs/snr_vs_k/trained), train_epochs (5), data_dir (pyro-vae's lookup), ks, repeats,
 batch_size (the last three default to the budget's), estimators (comma-separated),
 seed (0), device (cpu), out.
 """
@@ -347,7 +347,7 @@ def resolve_run(opts: dict[str, Any], log: Any = print) -> tuple[Path, str]:
         "+experiment=iwae_cpu",
         f"epochs={epochs}",
         f"lr_iwae_epochs={epochs}",
-        f"data_dir={opts['data_dir']}",
+        *([f"data_dir={opts['data_dir']}"] if opts["data_dir"] else []),
         f"run_dir={run_dir}",
         f"device={opts['device']}",
         "progress=false",
@@ -361,10 +361,12 @@ def resolve_run(opts: dict[str, Any], log: Any = print) -> tuple[Path, str]:
                 f"{run_dir} holds a finished run of {done} epochs, not train_epochs={epochs}: "
                 "pass fallback_run=another directory"
             )
-    shown = shlex.join(
-        o.replace(str(run_dir), _rel(run_dir)).replace(opts["data_dir"], _rel(opts["data_dir"]))
-        for o in overrides
-    )
+    shown_overrides = [o.replace(str(run_dir), _rel(run_dir)) for o in overrides]
+    if opts["data_dir"]:
+        shown_overrides = [
+            o.replace(opts["data_dir"], _rel(opts["data_dir"])) for o in shown_overrides
+        ]
+    shown = shlex.join(shown_overrides)
     log(f"{_rel(DEFAULT_RUN)} has not finished: training (or reusing) {_rel(run_dir)}")
     log(f"$ pyro-vae train {shown}")
     run_training(compose_config(overrides))
@@ -409,7 +411,7 @@ def main(argv: list[str]) -> int:
         "run": "",
         "fallback_run": str(ROOT / "runs" / "snr_vs_k" / "trained"),
         "train_epochs": 5,
-        "data_dir": str(ROOT.parent / "shared" / "data"),
+        "data_dir": None,
         "ks": None,
         "repeats": None,
         "batch_size": None,
@@ -440,7 +442,8 @@ def main(argv: list[str]) -> int:
     default_out = results if opts["budget"] == "cpu" else results / opts["budget"]
     out = Path(opts["out"] or default_out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    opts["data_dir"] = str(Path(opts["data_dir"]).expanduser().resolve())
+    if opts["data_dir"]:
+        opts["data_dir"] = str(Path(opts["data_dir"]).expanduser().resolve())
     configure_logging()
     started = time.perf_counter()
 

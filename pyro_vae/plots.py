@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from .atomic import atomic_write
 from .data import RunData
+from .data.vision import optional_torchvision
 from .errors import ArgumentError, refuse
 from .model import VAE
 from .priors import prior_quantiles
@@ -41,10 +42,20 @@ def image_grid(images: torch.Tensor, image_shape: Sequence[int], ncol: int) -> n
     """Tile ``images`` [N, D] into one array with a 1-pixel gap, ``ncol`` per row.
 
     ``image_shape`` is (H, W) for grey images (a 2-D grid) or (C, H, W) for images stored
-    channel-first (CIFAR-10's): an [.., .., C] grid, RGB for C = 3."""
+    channel-first (CIFAR-10's): an [.., .., C] grid, RGB for C = 3. Where torchvision is
+    installed, ``torchvision.utils.make_grid`` tiles them (padding 1, white, its outer
+    border cut off): the same array, bit for bit, so the same figures."""
     *channels, h, w = image_shape
     n = images.shape[0]
     nrow = math.ceil(n / ncol)
+    torchvision = optional_torchvision()
+    # make_grid narrows a grid of fewer than ncol images, and returns a single one unpadded
+    if torchvision is not None and n >= ncol and n > 1:
+        tiles = images.detach().float().cpu().reshape(n, channels[0] if channels else 1, h, w)
+        grid = torchvision.utils.make_grid(tiles, nrow=ncol, padding=1, pad_value=1.0)
+        # make_grid repeats a single channel three times; keep the image's own channels
+        grid = grid[: tiles.shape[1], 1:-1, 1:-1].numpy()
+        return np.ascontiguousarray(grid.transpose(1, 2, 0) if channels else grid[0])
     imgs = images.detach().float().cpu().reshape(n, *channels, h, w).numpy()
     extra: tuple[int, ...] = ()
     if channels:

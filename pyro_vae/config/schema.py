@@ -207,8 +207,29 @@ DATASET_KEYS: dict[str, Allowed] = {
         "null or [height, width] (positive integers)",
         lambda v: isinstance(v, list) and len(v) == 2 and all(is_int(s) and s >= 1 for s in v),
     ),
+    # dataset=torchvision: name is a class of torchvision.datasets
+    "library": one_of(["torchvision"]),
+    "root": PATH,
+    "options": Allowed(
+        "null or a mapping of the class's keyword arguments, such as {split: balanced}",
+        lambda v: isinstance(v, dict),
+    ),
+    "train_split": Allowed(
+        "null, a string or true/false", lambda v: isinstance(v, str | bool) and v != ""
+    ),
+    "test_split": Allowed(
+        "null, a string or true/false", lambda v: isinstance(v, str | bool) and v != ""
+    ),
 }
-NULLABLE_DATASET_KEYS = ("train_size", "test_path", "image_shape")
+NULLABLE_DATASET_KEYS = (
+    "train_size",
+    "test_path",
+    "image_shape",
+    "root",
+    "options",
+    "train_split",
+    "test_split",
+)
 
 #: Allowed values of the optim group's keys.
 OPTIM_KEYS: dict[str, Allowed] = {

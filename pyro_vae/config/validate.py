@@ -179,6 +179,15 @@ def _check_name(key: str, value: Any, allowed: Sequence[str]) -> None:
 _SELF_VALIDATING_GROUPS = ("prior", "likelihood", "network")
 
 
+def _choice(group: str, node: Mapping[str, Any]) -> tuple[str, Any]:
+    """(key, value) naming the YAML file a group's node came from: its ``name``, except for a
+    dataset of a library (``dataset=torchvision``), whose ``name`` is the library's class
+    and whose ``library`` names the file."""
+    if group == "dataset" and "library" in node:
+        return "dataset.library", node["library"]
+    return f"{group}.name", node.get("name")
+
+
 def _check_keys(cfg: dict[str, Any]) -> None:
     """Every key is one the defaults of the chosen groups have, and none is absent."""
     groups = [g for g in config_groups() if g not in _SELF_VALIDATING_GROUPS]
@@ -193,8 +202,8 @@ def _check_keys(cfg: dict[str, Any]) -> None:
             raise ConfigError.refuse(
                 group, node, f"a config group choice: one of {config_choices(group)}"
             )
-        _check_name(f"{group}.name", node.get("name"), config_choices(group))
-    defaults = _defaults(tuple(f"{g}={cfg[g]['name']}" for g in groups))
+        _check_name(*_choice(group, node), config_choices(group))
+    defaults = _defaults(tuple(f"{g}={_choice(g, cfg[g])[1]}" for g in groups))
     defaults.pop("hydra", None)
     for scope, have, want in [("", cfg, defaults)] + [
         (f"{g}.", cfg[g], defaults[g]) for g in groups
