@@ -190,6 +190,15 @@ def _report(run_dir: Path, summary: dict[str, Any]) -> None:
     print(f"next: pyro-vae evaluate {run_dir}   |   pyro-vae plot {run_dir}")
 
 
+def _active(result: dict) -> str:
+    """``3 of 20``, or per stochastic layer ``3+1 of 100+50``."""
+    per_layer = result.get("active_units_per_layer")
+    dims = result.get("latent_dims")
+    if per_layer and dims:
+        return f"{'+'.join(map(str, per_layer))} of {'+'.join(map(str, dims))}"
+    return f"{result['active_units']} of {result['latent_dim']}"
+
+
 def cmd_evaluate(args: Sequence[str]) -> int:
     from .runs import evaluate_run
 
@@ -202,8 +211,8 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     print(
         f"test ELBO {result['test_elbo']:.2f} nats; importance-sampled log p(x) "
         f"{result['test_log_likelihood']:.2f} ± {result['test_log_likelihood_se']:.2f} nats "
-        f"(K={result['importance_samples']}); {result['active_units']} of "
-        f"{result['latent_dim']} latent units active; written to "
+        f"(K={result['importance_samples']}); {_active(result)} latent units active; "
+        "written to "
         f"{Path(run_dir) / 'summary.json'}"
     )
     if "test_exact_log_likelihood" in result:

@@ -320,5 +320,6 @@ def evaluate(
         "active_units": active,
         **({"active_units_per_layer": per_layer} if len(per_layer) > 1 else {}),
         "latent_dim": vae.latent_dim,
+        **({"latent_dims": list(vae.stack.dims)} if len(per_layer) > 1 else {}),
         "evaluation_seconds": round(seconds, 2),
     }

@@ -108,6 +108,7 @@ def test_evaluate_counts_active_units_per_layer_and_leaves_the_stream_alone():
     result = evaluate(vae, x, num_samples=20)
     per_layer = result["active_units_per_layer"]
     assert len(per_layer) == 2 and result["active_units"] == sum(per_layer)
+    assert result["latent_dims"] == [4, 3]
     assert 0 <= per_layer[0] <= 4 and 0 <= per_layer[1] <= 3
     torch.manual_seed(0)
     before = torch.rand(())
