@@ -4,7 +4,8 @@ figures (the same pictures), a user's transforms through pyro_vae.train, and the
 that names the extra where it is absent.
 
 The tests that need torchvision are marked ``torchvision`` and skipped without it; CI runs
-them in its second environment (``pytest -m torchvision``, .ci/run)."""
+this file's marked tests in its second environment (``pytest -m torchvision
+tests/test_vision.py``, .ci/run): keep them here."""
 
 from __future__ import annotations
 

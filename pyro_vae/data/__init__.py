@@ -13,6 +13,8 @@
   likelihood, binarised, on a device), and :func:`tensor_dataset` for tensors given in Python.
 - :mod:`.torch_data`: a user's ``torch.utils.data.Dataset`` or ``DataLoader`` (torchvision's
   datasets) as tensors: :func:`tensor_from_torch_data`, :func:`torch_dataset`.
+- :mod:`.vision`: torchvision where it is installed (the ``[vision]`` extra): any of its image
+  datasets by class name (``load_dataset(name, library="torchvision")``), its idx reader.
 
 Nothing here imports the model, estimators or trainer (only :mod:`pyro_vae.errors` and
 :mod:`pyro_vae.atomic`): data come first in the chain.
