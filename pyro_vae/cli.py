@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +32,8 @@ commands:
   train [key=value ...]          train a VAE with Pyro SVI (Hydra overrides, -m to sweep)
   evaluate RUN_DIR [key=value]   test ELBO and importance-sampled log-likelihood
                                  keys: num_samples (K, default from the run: 1000),
-                                       checkpoint (last.pt), device, seed
+                                       checkpoint (last.pt), device, seed,
+                                       progress (true: a bar with the time left)
   plot RUN_DIR [key=value]       ELBO curves, 2-D manifold, samples, reconstructions
                                  keys: checkpoint (last.pt)
   export RUN_DIR [key=value]     the trained decoder and/or encoder as plain torch modules,
@@ -108,9 +110,23 @@ def parse_key_values(
 
 
 def _split_run_dir(args: Sequence[str], command: str) -> tuple[str, list[str]]:
-    if not args or "=" in args[0]:
+    """The run directory (the first argument) and the ``key=value`` arguments after it. A
+    first argument with ``=`` in it is a run directory where that path exists: a sweep's
+    runs are named ``key=value,...`` (``multirun/.../latent_dim=2,prior=laplace``)."""
+    if not args or ("=" in args[0] and not Path(args[0]).exists()):
         raise ConfigError(f"{command}: the first argument must be a run directory")
     return args[0], list(args[1:])
+
+
+def _bool(text: str) -> bool:
+    """``true``/``false`` (and yes/no, 1/0), as the command line writes booleans."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.strip().lower() not in value:
+        raise ValueError(text)
+    return value[text.strip().lower()]
+
+
+_bool.__name__ = "boolean (true or false)"
 
 
 def cmd_train(args: Sequence[str]) -> int:
@@ -121,7 +137,15 @@ def cmd_train(args: Sequence[str]) -> int:
 
     from .config import SweepJobFailed, check_overrides, run_training, use_config_dirs
 
-    check_overrides(args)  # before Hydra creates a run directory
+    first = check_overrides(args)  # before Hydra creates a run directory
+    created: set[Path] = set()  # directories of the run's path that this command creates
+    composed: Path | None = None
+    if first is not None and first.get("run_dir"):
+        from .training.rundir import RunDir
+
+        composed = Path(str(first.run_dir)).absolute()
+        RunDir(composed).check_location()  # a file, under a file, not writable: before Hydra
+        created = set(RunDir(composed).missing_dirs())
     status = {"code": 0}
     command_pid = os.getpid()
 
@@ -145,8 +169,11 @@ def cmd_train(args: Sequence[str]) -> int:
         except TrainingError as e:
             code, message = 1, f"error: {where}{e}"
         except USER_ERRORS as e:
-            _remove_if_empty(run_dir)
+            _remove_created(run_dir, created, composed)
             code, message = 2, f"error: {where}{e}"
+        except KeyboardInterrupt:  # before training wrote anything: no empty directory left
+            _remove_created(run_dir, created, composed)
+            raise
         else:
             _report(run_dir, summary)
             return
@@ -172,10 +199,18 @@ def cmd_train(args: Sequence[str]) -> int:
     return status["code"]
 
 
-def _remove_if_empty(path: Path) -> None:
-    """Undo Hydra's mkdir of a run directory when the run was refused before writing."""
+def _remove_created(run_dir: Path, created: set[Path], composed: Path | None) -> None:
+    """Undo Hydra's mkdir of a run directory when the run was refused before writing: the
+    run directory (where Hydra named it: a timestamp, a sweep's job; not a directory the
+    user gave that existed) and the parents this command created, if nothing is in them."""
+    from .training.rundir import RunDir
+
+    path = run_dir.absolute()
+    named = composed is not None and (path == composed or path in composed.parents)
+    mine = [path] if path in created or not named else []
+    mine += [p for p in path.parents if p in created]
     with contextlib.suppress(OSError):
-        path.rmdir()
+        RunDir(path).remove_unused(mine)
 
 
 def _report(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -187,7 +222,8 @@ def _report(run_dir: Path, summary: dict[str, Any]) -> None:
             f"{run_dir}: {summary.get('status')}, test ELBO {summary['test_elbo']:.2f} nats "
             f"after {trained}"
         )
-    print(f"next: pyro-vae evaluate {run_dir}   |   pyro-vae plot {run_dir}")
+    where = shlex.quote(str(run_dir))  # as a shell takes it back (a space, a quote)
+    print(f"next: pyro-vae evaluate {where}   |   pyro-vae plot {where}")
 
 
 def _active(result: dict) -> str:
@@ -204,7 +240,9 @@ def cmd_evaluate(args: Sequence[str]) -> int:
 
     run_dir, rest = _split_run_dir(args, "evaluate")
     opts = parse_key_values(
-        rest, {"num_samples": int, "checkpoint": str, "device": str, "seed": int}, "evaluate"
+        rest,
+        {"num_samples": int, "checkpoint": str, "device": str, "seed": int, "progress": _bool},
+        "evaluate",
     )
     result = evaluate_run(run_dir, **opts)
     print(json.dumps(result, indent=2))
@@ -311,7 +349,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"\n{command}: interrupted (Ctrl-C); {INTERRUPTED[command]}", file=sys.stderr)
         return 130
+
+
+#: What a Ctrl-C leaves, command by command: every file is written atomically, so each one
+#: is either as it was or complete.
+INTERRUPTED = {
+    "train": "the run directory holds its last complete checkpoint (if any); "
+    "`pyro-vae train run_dir=<dir> resume=true` continues from it",
+    "evaluate": "nothing was written (the results go into summary.json at the end)",
+    "plot": "the figures written so far are complete; the others were not written",
+    "export": "the files written so far are complete; run it again for the rest",
+    "compare": "nothing was written",
+    "variance": "nothing was written (the table and figures are written at the end)",
+}
 
 
 if __name__ == "__main__":

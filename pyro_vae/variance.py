@@ -52,15 +52,17 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from .atomic import atomic_write
+from .checks import SEED, integer, is_int
 from .data import Minibatches
 from .errors import ArgumentError, EstimatorError, RunDirError, refuse
 from .estimators import ESTIMATORS, build_estimator
 from .estimators.base import same_random_state
+from .evaluate import check_model_data
 from .model import VAE
 from .plots import save_figure
-from .runs import load_run
+from .runs import checkpoint_to_load, load_run
 from .training.loggers import log_to_run
-from .training.rundir import LAST_CHECKPOINT, RunDir
+from .training.rundir import LAST_CHECKPOINT, RunDir, load_model_state
 
 logger = logging.getLogger(__name__)
 
@@ -414,16 +416,30 @@ def estimator_variance(
     ``groups``: ``module`` (phi and theta), ``layer`` (``phi:trunk.0``, ...), ``parameter``
     or a callable name -> group (:func:`vae_grouping`).
     """
-    _check_lab(repeats, num_particles)
+    num_particles = _check_lab(repeats, num_particles, seed)
     specs = estimator_specs(estimators)
     check_groups(groups)  # refuse a bad value before any estimate
+    if not isinstance(vae, VAE):
+        raise refuse("vae", vae, "a pyro_vae.VAE (gradient_variance takes any Pyro model)")
+    x = check_model_data(vae, x, "x")
     if idx is None:
         idx = torch.arange(x.shape[0], device=x.device)
+    elif not (
+        isinstance(idx, torch.Tensor)
+        and not idx.is_floating_point()
+        and tuple(idx.shape) == (x.shape[0],)
+    ):
+        raise refuse("idx", idx, f"None or an integer tensor of the {x.shape[0]} points' indices")
 
     def measure(elbo: Any) -> dict[str, Any]:
         return gradient_statistics(elbo, vae, x, idx, repeats, groups)
 
-    return _lab_rows(specs, num_particles, repeats, seed, measure, {"batch_size": x.shape[0]})
+    skipped: list[str] = []
+    extra = {"batch_size": x.shape[0]}
+    rows = _lab_rows(specs, num_particles, repeats, seed, measure, extra, skipped)
+    if not rows:
+        raise EstimatorError("variance: every estimator was skipped: " + "; ".join(skipped))
+    return rows
 
 
 def estimator_specs(estimators: Any) -> list[EstimatorSpec]:
@@ -499,11 +515,20 @@ def _lab_rows(
     return rows
 
 
-def _check_lab(repeats: Any, num_particles: Sequence[int]) -> None:
-    if not isinstance(repeats, int) or repeats < 2:
-        raise ArgumentError.refuse("repeats", repeats, "an integer >= 2")
-    if not num_particles or any(not (isinstance(k, int) and k >= 1) for k in num_particles):
-        raise ArgumentError.refuse("num_particles", list(num_particles), "integers >= 1")
+def _check_lab(repeats: Any, num_particles: Any, seed: Any = 0) -> list[int]:
+    """Refuse a bad ``repeats`` (an integer >= 2), ``num_particles`` (an integer >= 1 or a
+    non-empty list of them) or ``seed`` (0..2^32-1, or None where the lab takes None);
+    returns the numbers of particles as a list."""
+    integer(2).check("repeats", repeats)
+    counts = [num_particles] if is_int(num_particles) else num_particles
+    if not (
+        isinstance(counts, list | tuple) and counts and all(integer(1).accepts(k) for k in counts)
+    ):
+        raise ArgumentError.refuse(
+            "num_particles", num_particles, "an integer >= 1 or a non-empty list of them"
+        )
+    SEED.check("seed", seed, nullable=True)
+    return list(counts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -551,8 +576,9 @@ def gradient_variance(
     Parameters keep their values and ``.grad``; parameters this call put into the param
     store (a model never run before) are removed from it again.
     """
-    counts = [num_particles] if isinstance(num_particles, int) else list(num_particles)
-    _check_lab(repeats, counts)
+    counts = _check_lab(repeats, num_particles, seed)
+    if not isinstance(per_datapoint, bool):
+        raise refuse("per_datapoint", per_datapoint, "True or False")
     specs = estimator_specs(estimators)
     check_groups(groups)
     store = pyro.get_param_store()
@@ -668,16 +694,19 @@ def variance_lab(
     ``phi:loc``, ``phi:log_var``, ``theta:trunk.0``, ``theta:logits``, ...), ``parameter``
     (one per tensor) or a callable name -> group (:func:`vae_grouping`).
     """
-    specs = parse_estimators(estimators)
-    _check_lab(repeats, num_particles)
+    specs = estimator_specs(estimators)
+    num_particles = _check_lab(repeats, num_particles, seed)
+    integer(1).check("batch_size", batch_size, nullable=True)
     check_groups(groups)  # refuse a bad value before loading anything
+    if not isinstance(checkpoints, str):
+        raise refuse("checkpoints", checkpoints, "last, all or comma-separated file names")
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise RunDirError(f"run directory {run.path} does not exist")
-    names = resolve_checkpoints(run, checkpoints)
+    names = [checkpoint_to_load(run, n) for n in resolve_checkpoints(run, checkpoints)]
     loaded = load_run(run.path, names[0], device, vae=vae)
     vae, data = loaded.vae, loaded.data()
-    m = batch_size or loaded.cfg.get("batch_size", 100)
+    m = batch_size if batch_size is not None else loaded.cfg.get("batch_size", 100)
     if not 1 <= m <= data.num_train:
         raise ArgumentError.refuse(
             "batch_size", m, f"1..{data.num_train} (the training set's size)"
@@ -690,7 +719,7 @@ def variance_lab(
     with pyro.validation_enabled(bool(loaded.cfg.get("validate", False))):
         for name in names:
             state = loaded.checkpoint if name == names[0] else run.load_checkpoint(name)
-            vae.load_state_dict(state["model"])
+            load_model_state(vae, state["model"], str(run.checkpoint_dir / name))
             at = {"checkpoint": name, "epoch": _checkpoint_epoch(state)}
             for row in estimator_variance(vae, x, idx, specs, num_particles, repeats, seed, groups):
                 rows.append({**at, **row})
@@ -912,7 +941,11 @@ def run_variance(
     run_dir: str | Path, out_dir: str | Path | None = None, **lab: Any
 ) -> tuple[str, list[Path]]:
     """``pyro-vae variance``: the lab's table (Markdown, returned) written, with its figures,
-    to ``out_dir`` (default ``<run_dir>/variance``); returns (table, paths)."""
+    to ``out_dir`` (default ``<run_dir>/variance``); returns (table, paths). An ``out_dir``
+    that cannot be written is refused (RunDirError) before the lab runs."""
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / OUTPUT_DIR
+    if RunDir(run_dir).path.is_dir():  # else variance_lab names the missing run
+        RunDir(out).check_location()
     rows = variance_lab(run_dir, **lab)
     table = markdown_table(rows)
     header = (
@@ -922,7 +955,10 @@ def run_variance(
         f"{_GROUPS_NOTE.get(lab.get('groups', 'module'), '')}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads."
     )
-    paths = write_report(rows, out_dir or Path(run_dir) / OUTPUT_DIR, header)
+    try:
+        paths = write_report(rows, out, header)
+    except OSError as e:  # a full disk, a directory made read-only meanwhile
+        raise RunDirError(f"cannot write the variance report into {out}: {e.strerror or e}") from e
     log_to_run(RunDir(run_dir), "the variance lab", tracked_points(rows), paths, OUTPUT_DIR)
     return table, paths
 

@@ -180,7 +180,7 @@ def test_a_finished_run_is_reused_by_the_same_call_and_refused_to_another(bars, 
     assert fresh.num_data == 180
     # Anything else is refused, naming what differs; the model given is left as it was.
     for change, named in [
-        (dict(epochs=5), "epochs: run has 1, asked 5. resume=True"),
+        (dict(epochs=5), "epochs: run has 1, asked 5. resume=True trains it further"),
         (dict(lr=0.01), "lr: run has 0.001, asked 0.01"),
         (dict(data=x.flip(0)), "dataset.sha256: run has"),
     ]:

@@ -257,7 +257,7 @@ def run_training(
     plain = as_plain(cfg)
     run = RunDir(run_dir if run_dir is not None else plain["run_dir"])
     resume, overwrite = bool(plain.get("resume", False)), bool(plain.get("overwrite", False))
-    finished = finished_summary(run, resume, overwrite, plain, what="settings")
+    finished = finished_summary(run, resume, overwrite, plain, command_line=True)
     if finished is not None:
         return finished
     plain = validate_config(plain)

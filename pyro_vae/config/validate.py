@@ -383,8 +383,9 @@ def _within(group: str, build: Any, *args: Any, **kwargs: Any) -> Any:
 LOCAL_LAUNCHERS = ("basic", "joblib", "submitit_local")
 
 
-def check_overrides(args: Sequence[str]) -> None:
-    """Refuse a ``pyro-vae train`` command line before Hydra creates a run directory.
+def check_overrides(args: Sequence[str]) -> DictConfig | None:
+    """Refuse a ``pyro-vae train`` command line before Hydra creates a run directory; returns
+    the configuration of its first run (None where Hydra only prints: ``--help``).
 
     Composes the configuration of every ``key=value`` the way Hydra would and validates
     it; with ``-m`` each value of each sweep is checked (one at a time, the other sweeps
@@ -442,11 +443,14 @@ def check_overrides(args: Sequence[str]) -> None:
     variants = [first] + [
         [*first[:i], v, *first[i + 1 :]] for i, c in enumerate(choices) for v in c[1:]
     ]
+    configs = []
     for variant in variants:
         _check_override_keys(variant)
         cfg = compose_config(variant)
         if not parsed.cfg:  # --cfg job only prints it, values still to be filled in
             validate_config(cfg, here=here)
+        configs.append(cfg)
+    return None if parsed.cfg else configs[0]
 
 
 def _check_override_keys(overrides: Sequence[str]) -> None:

@@ -228,12 +228,13 @@ def load_dataset(
 
     ``"array"`` reads ``path`` (``.npy``; ``.npz`` holding one array or the key ``"x"`` or
     ``"train"``; ``.pt`` holding a tensor or a dict with one of those keys). ``[N, D]`` is used
-    as is, ``[N, H, W]`` is flattened with ``image_shape=(H, W)``. Integer data with values in
-    ``0..255`` and a maximum above 1 are taken as 8-bit grey levels and divided by 255; anything
-    else is converted to float32 unchanged. The test set is read from ``test_path`` (whose
-    preferred keys are ``"x"`` and ``"test"``, so one ``.npz`` with ``train`` and ``test`` may
-    serve as both) or else split off: the last ``round(test_fraction * N)`` (at least 1) indices
-    of ``numpy.random.RandomState(0).permutation(N)``; the rest, in permuted order, is the
+    as is, ``[N, H, W]`` is flattened with ``image_shape=(H, W)``. ``uint8`` data with a
+    maximum above 1 are taken as 8-bit grey levels and divided by 255; anything else (other
+    integers too: counts for ``likelihood=poisson``) is converted to float32 unchanged. The
+    test set is read from ``test_path`` (whose preferred keys are ``"x"`` and ``"test"``, so
+    one ``.npz`` with ``train`` and ``test`` may serve as both) or else split off: the last
+    ``round(test_fraction * N)`` (at least 1) indices of
+    ``numpy.random.RandomState(0).permutation(N)``; the rest, in permuted order, is the
     training set. ``image_shape`` is the argument if given, else ``(H, W)`` of 3-D data, else a
     square if D is a perfect square, else None.
 
@@ -836,7 +837,7 @@ def _read_array_file(file: Path, role: str) -> tuple[torch.Tensor, tuple[int, in
         raise DataError(f"{file}: expected real numbers, got dtype {a.dtype}")
     inferred_shape = (a.shape[1], a.shape[2]) if a.ndim == 3 else None
     a = a.reshape(a.shape[0], -1)
-    if np.issubdtype(a.dtype, np.integer) and a.min() >= 0 and 1 < a.max() <= 255:
+    if a.dtype == np.uint8 and a.max() > 1:  # 8-bit images; other integers are counts
         x = _grey_levels(a)
     else:
         x = torch.tensor(a, dtype=torch.float32)

@@ -28,11 +28,14 @@ before training writes anything leaves no directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -420,31 +423,28 @@ def finished_summary(
     resume: bool,
     overwrite: bool,
     record: Mapping[str, Any] | None = None,
-    what: str = "arguments",
+    command_line: bool = False,
 ) -> dict[str, Any] | None:
     """The summary of a finished run that is left as it is (neither ``resume`` nor
     ``overwrite``), said so; None where training goes ahead (RunDirError for an unfinished
     run without ``resume``).
 
     ``record``: the settings asked for (what ``config.yaml`` records); a finished run of
-    other settings is a :class:`~pyro_vae.errors.RunMismatchError` naming what differs
-    (``what``: the word for them in the message, ``arguments`` or ``overrides``), so a
-    new model or configuration is never answered with an old run's numbers."""
+    other settings is a :class:`~pyro_vae.errors.RunMismatchError` naming what differs (in
+    the command line's words with ``command_line``), so a new model or configuration is
+    never answered with an old run's numbers."""
     if run.check_start(resume, overwrite):
         return None
     if record is not None:
         differences = run_differences(run.config(), record, _SAME_RUN_KEYS)
         if differences:
-            more = [d for d in differences if d.partition(":")[0] in ("epochs", "num_samples")]
-            hint = (
-                "resume=True (command line: resume=true) trains it further, "
-                if more and len(more) == len(differences)
-                else ""
-            )
+            longer = all(d.partition(":")[0] in ("epochs", "num_samples") for d in differences)
+            resume, overwrite = ("true", "true") if command_line else ("True", "True")
+            hint = f"resume={resume} trains it further, " if longer else ""
             raise RunMismatchError(
-                f"{run.path} already holds a finished run of other {what}: "
-                f"{'; '.join(differences)}. {hint}overwrite=True (command line: "
-                "overwrite=true) retrains it from scratch, or choose another run_dir"
+                f"{run.path} already holds a finished run of other settings: "
+                f"{'; '.join(differences)}. {hint}overwrite={overwrite} retrains it from "
+                "scratch, or choose another run_dir"
             )
     logger.info(
         "%s already holds a finished run of these settings; not retraining it "
@@ -576,10 +576,13 @@ def _fit(
     try:
         last = trainer.fit()
     except TrainingInterrupted as e:
-        if checkpoints.step != trainer.position.step:  # not when one was just written
-            checkpoints.save(trainer)
-        pos = trainer.position
-        run.update_summary(status="interrupted", step=pos.step, samples=pos.samples)
+        with _sigint_deferred() as again:  # a second Ctrl-C waits for the checkpoint
+            if checkpoints.step != trainer.position.step:  # not when one was just written
+                checkpoints.save(trainer)
+            pos = trainer.position
+            run.update_summary(status="interrupted", step=pos.step, samples=pos.samples)
+        if again:
+            logger.warning("\nCtrl-C again: the checkpoint was being saved; it is complete")
         logger.warning(
             "\n%s: stopped at step %d; checkpoint saved to %s. Resume with:\n  %s",
             e,
@@ -592,7 +595,8 @@ def _fit(
     except KeyboardInterrupt:
         # Raised inside a step (a second Ctrl-C): the state in memory is not consistent,
         # so the newest checkpoint on disk is where this run resumes.
-        run.update_summary(status="interrupted", step=checkpoints.step)
+        with _sigint_deferred():
+            run.update_summary(status="interrupted", step=checkpoints.step)
         where = (
             f"resume from its last checkpoint (step {checkpoints.step}) with:\n  {resume_hint}"
             if checkpoints.step
@@ -617,6 +621,23 @@ def _fit(
         best_test_elbo=max((r["test_elbo"] for r in rows), default=None),
     )
     return summary, True
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[list[int]]:
+    """SIGINT held back while a checkpoint and the summary are written after a stop: a
+    Ctrl-C meanwhile is recorded (the list it yields gets its signal number) instead of
+    cutting the writes short; off the main thread, where Python allows no handler, nothing
+    changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _as_run_data(
