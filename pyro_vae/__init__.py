@@ -40,6 +40,7 @@ from .errors import (
 )
 from .estimators import ESTIMATORS, build_estimator
 from .evaluate import active_units, evaluate, importance_log_likelihood, mean_elbo
+from .guides import DiagonalGaussian, GuideFamily, build_guide
 from .likelihoods import (
     LIKELIHOODS,
     Bernoulli,
@@ -127,6 +128,8 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "Dataset",
+    "DiagonalGaussian",
+    "GuideFamily",
     "EstimatorError",
     "Factorized",
     "Gaussian",
@@ -154,6 +157,7 @@ __all__ = [
     "__version__",
     "appendix_d_log_likelihood",
     "build_estimator",
+    "build_guide",
     "build_method",
     "build_optimizer",
     "build_prior",

@@ -30,6 +30,7 @@ from torch import nn
 
 from .checks import HIDDEN_DIMS, Allowed, check_arguments, integer, one_of, positive, resolve_device
 from .errors import ArgumentError, refuse
+from .guides import DiagonalGaussian, GuideFamily, GuideLike, build_guide
 from .layers import VAMP_ON_STACK, LatentStack, layer_specs
 from .likelihoods import LikelihoodLike, get_likelihood, likelihood_heads, upgrade_settings
 from .networks import (
@@ -61,6 +62,7 @@ MODEL_SETTINGS = (
     "init_std",
     "prior",
     "upper_layers",
+    "guide",
 )
 #: What the numeric and named arguments of :meth:`VAE.build` (and :meth:`VAE.mlp`,
 #: ``VAE(...)``) allow; the configuration's keys of the same names are declared with these
@@ -83,6 +85,9 @@ IMAGE_SHAPE = Allowed(
         and all(MODEL_CHECKS["x_dim"].accepts(s) for s in v)
     ),
 )
+
+#: The guide family of runs recorded before there was a choice: the paper's diagonal Gaussian.
+DEFAULT_GUIDE = {"name": "diagonal", "_target_": "pyro_vae.guides.DiagonalGaussian"}
 
 #: The networks :meth:`VAE.build` makes by name (``network=``); a mapping with
 #: ``encoder._target_`` and ``decoder._target_`` names a user's own classes.
@@ -130,6 +135,10 @@ class VAE(PyroModule):
         upper_layers: stochastic layers above the first, a
             :class:`~pyro_vae.layers.LatentStack` (its ``dims[0]`` the encoder's output
             width, its top the prior's); None: the one layer ``z``.
+        guide: the family of q(z|x) (of the first layer z_1) that the encoder's output
+            parameterises, a :class:`~pyro_vae.guides.GuideFamily` or a specification
+            :func:`~pyro_vae.guides.build_guide` takes; None: the paper's diagonal Gaussian
+            (:class:`~pyro_vae.guides.DiagonalGaussian`). Held as ``vae.guide_family``.
     """
 
     def __init__(
@@ -144,6 +153,7 @@ class VAE(PyroModule):
         init_std: float = 0.01,
         latent_dim: int | None = None,
         upper_layers: LatentStack | None = None,
+        guide: GuideLike = None,
     ):
         super().__init__(name=f"vae{next(_instance_ids)}")
         weakref.finalize(self, _forget_params, self._pyro_name + ".")
@@ -188,6 +198,19 @@ class VAE(PyroModule):
         prior.bind(self)
         self.likelihood = get_likelihood(likelihood)
         self.num_data = num_data
+        if guide is None:
+            guide = DiagonalGaussian(self.latent_dim)
+        elif not isinstance(guide, GuideFamily):
+            guide = build_guide(guide, self.latent_dim)
+        if guide.latent_dim != self.latent_dim:
+            raise refuse(
+                "guide",
+                f"a guide family over R^{guide.latent_dim}",
+                f"a family over the first layer's R^{self.latent_dim}",
+            )
+        #: q(z|x)'s family (:mod:`pyro_vae.guides`), applied to the encoder's output.
+        self.guide_family = guide
+        guide.bind(self)
         #: How to build this model again (:meth:`mlp` sets it); recorded in run directories.
         self.settings: dict[str, Any] | None = None
 
@@ -212,8 +235,9 @@ class VAE(PyroModule):
             )
 
     def recognition_parameters(self) -> list[nn.Parameter]:
-        """phi: the encoder's parameters and those of the upper layers' q(z_{l+1} | z_l)."""
-        params = list(self.encoder.parameters())
+        """phi: the encoder's parameters, its guide family's (a flow's weights; none for the
+        diagonal Gaussian) and those of the upper layers' q(z_{l+1} | z_l)."""
+        params = list(self.encoder.parameters()) + list(self.guide_family.parameters())
         if self.stack is not None:
             params += list(self.stack.up.parameters())
         return params
@@ -244,6 +268,7 @@ class VAE(PyroModule):
         num_data: int | None = None,
         upper_layers: Sequence[Mapping[str, Any]] = (),
         device: str | torch.device | None = None,
+        guide: GuideLike = None,
     ) -> VAE:
         """The paper's VAE (appendix C): MLP encoder and decoder with the same hidden widths
         (``hidden_dims``, the decoder's in reverse; ``[]`` gives linear maps), the decoder
@@ -254,9 +279,12 @@ class VAE(PyroModule):
         random stream). ``upper_layers``: stochastic layers above z (Burda et al.'s two
         layers: ``latent_dim=100, hidden_dims=[200, 200], upper_layers=[{"latent_dim": 50,
         "hidden_dims": [100, 100]}]``; :mod:`pyro_vae.layers`), the prior on the top one.
-        ``device``: where the model lives (``"cpu"``, ``"cuda"``, ``"auto"`` or a
-        ``torch.device``; it is initialised on the CPU and moved, so it starts from the same
-        numbers on every device). :meth:`build` with ``network="mlp"``.
+        ``guide``: q(z|x)'s family (None: the paper's diagonal Gaussian; a
+        :class:`~pyro_vae.guides.GuideFamily`, a shipped family's name or a specification
+        :func:`~pyro_vae.guides.build_guide` takes), built after the prior. ``device``: where
+        the model lives (``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``; it is
+        initialised on the CPU and moved, so it starts from the same numbers on every device).
+        :meth:`build` with ``network="mlp"``.
 
         Every argument is checked first: ``x_dim``, ``latent_dim`` and ``num_data`` are
         integers >= 1 (``num_data`` may be None), ``hidden_dims`` positive integers,
@@ -277,6 +305,7 @@ class VAE(PyroModule):
             num_data=num_data,
             upper_layers=upper_layers,
             device=device,
+            guide=guide,
         )
 
     @classmethod
@@ -296,6 +325,7 @@ class VAE(PyroModule):
         num_data: int | None = None,
         upper_layers: Sequence[Mapping[str, Any]] | None = (),
         device: str | torch.device | None = None,
+        guide: GuideLike = None,
     ) -> VAE:
         """A VAE with the networks ``network`` names, for data of ``x_dim`` values.
 
@@ -307,8 +337,8 @@ class VAE(PyroModule):
         ``x_dim``, ``latent_dim``, ``image_shape`` and ``heads`` (the decoder outputs the
         likelihood takes, :class:`~pyro_vae.networks.Head`) that its signature accepts.
         The decoder's last layer has one output per head of the likelihood. The other
-        arguments are :meth:`mlp`'s (``device`` too); ``upper_layers`` (MLPs with
-        ``activation``) stack above any of these networks.
+        arguments are :meth:`mlp`'s (``device`` and ``guide`` too); ``upper_layers`` (MLPs
+        with ``activation``) stack above any of these networks.
         """
         check_arguments(
             {
@@ -369,7 +399,21 @@ class VAE(PyroModule):
             prior.name = "standard_normal"
         elif isinstance(prior, Mapping):
             prior = build_prior(prior, top_dim, x_dim=x_dim, encoder=encoder)
-        vae = cls(encoder, decoder, prior, likelihood=lik, num_data=num_data, upper_layers=stack)
+        # After the prior: the default family has no parameters, and no family draws from
+        # the random stream before the networks and the prior have.
+        if guide is None:
+            guide = DiagonalGaussian(latent_dim)
+        elif not isinstance(guide, GuideFamily):
+            guide = build_guide(guide, latent_dim, x_dim=x_dim)
+        vae = cls(
+            encoder,
+            decoder,
+            prior,
+            likelihood=lik,
+            num_data=num_data,
+            upper_layers=stack,
+            guide=guide,
+        )
         vae.settings = {
             "latent_dim": latent_dim,
             "hidden_dims": hidden_dims,
@@ -380,6 +424,7 @@ class VAE(PyroModule):
             "init_std": init_std,
             "prior": vae.prior.spec(),
             "upper_layers": layers,
+            "guide": vae.guide_family.spec(),
         }
         # Built on the CPU, then moved: the same initialisation on every device.
         return vae if where is None else vae.to(where)
@@ -397,6 +442,7 @@ class VAE(PyroModule):
         settings = upgrade_settings(settings)
         settings.setdefault("network", "mlp")
         settings.setdefault("upper_layers", [])  # runs written before stacked layers
+        settings.setdefault("guide", dict(DEFAULT_GUIDE))  # runs written before guide families
         missing = [k for k in MODEL_SETTINGS if k not in settings]
         if missing:
             raise ArgumentError(
@@ -424,9 +470,9 @@ class VAE(PyroModule):
         return pyro.plate("data", size, subsample=idx)
 
     def encode(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q_phi(z|x) = N(mu(x), diag sigma^2(x)), reparameterised (sec. 2.4)."""
-        loc, scale = self.encoder(x)
-        return dist.Normal(loc, scale).to_event(1)
+        """q_phi(z|x): the guide family applied to the encoder's output (the paper's
+        N(mu(x), diag sigma^2(x)), reparameterised, sec. 2.4, by default)."""
+        return self.guide_family(self.encoder(x), x)
 
     def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p_theta(x|z)."""
@@ -455,8 +501,10 @@ class VAE(PyroModule):
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> None:
         """q_phi(z|x) = N(mu(x), diag sigma^2(x)), reparameterised (sec. 2.4); with upper
-        layers q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1})."""
+        layers q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1}); q(z_1|x) is :meth:`encode`'s."""
         pyro.module(self._pyro_name + ".encoder", self.encoder)
+        if next(self.guide_family.parameters(), None) is not None:
+            pyro.module(self._pyro_name + ".guide_family", self.guide_family)
         if self.stack is None:
             with self._plate(x, idx):
                 pyro.sample("z", self.encode(x))

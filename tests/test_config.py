@@ -50,7 +50,7 @@ def test_the_defaults_and_every_group_choice_are_valid():
                 ("likelihood", "family"),
             ):
                 validate_config(compose_config([f"{group}={name}"]))
-    groups = ["dataset", "estimator", "likelihood", "network", "optim", "prior"]
+    groups = ["dataset", "estimator", "guide", "likelihood", "network", "optim", "prior"]
     assert config_groups() == groups
 
 

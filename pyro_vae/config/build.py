@@ -30,14 +30,14 @@ from ..runs import load_data, resolve_device
 from ..training.loggers import build_loggers
 from ..training.rundir import RunDir
 from ..training.session import RESUMABLE_KEYS, finished_summary, train
-from .validate import as_plain, prior_spec, validate_config
+from .validate import as_plain, guide_spec, prior_spec, validate_config
 
 # Keys a resumed run may take from the command line (pyro_vae.training.session's, which
 # the Python API's resume=True holds to as well); every other key comes from the run's own
 # config.yaml, so a resumed run is the same experiment.
 # Config groups added after runs were first written, whose default is to be absent: a run
 # resumed from an older config.yaml takes the current default.
-_ADDED_GROUPS = frozenset({"logger"})
+_ADDED_GROUPS = frozenset({"logger", "guide"})
 _CONTROL_KEYS = frozenset({"run_dir", "resume", "overwrite"})
 
 #: Keys of the configuration that are arguments of :func:`pyro_vae.train` as they are.
@@ -151,6 +151,8 @@ def build_model(
     (:meth:`pyro_vae.VAE.from_settings`); the caller seeds the random state first."""
     cfg = as_plain(cfg)
     settings = {**cfg, "prior": prior_spec(cfg["prior"])}
+    if "guide" in cfg:  # runs written before guide families: the diagonal Gaussian
+        settings["guide"] = guide_spec(cfg["guide"])
     return VAE.from_settings(settings, x_dim, num_data, image_shape=image_shape)
 
 

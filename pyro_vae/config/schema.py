@@ -8,9 +8,9 @@ carries what it allows (:class:`Allowed`); :func:`pyro_vae.config.validate_confi
 the values against it (ranges, choices, types of configurations read back from YAML) and
 Hydra's type errors are reported in the same words.
 
-The config groups (``dataset``, ``likelihood``, ``network``, ``prior``, ``estimator``,
-``optim``) are typed ``Any``: their keys depend on the choice (a prior's or a likelihood's
-are the parameters of its ``_target_``); each
+The config groups (``dataset``, ``likelihood``, ``network``, ``prior``, ``guide``,
+``estimator``, ``optim``) are typed ``Any``: their keys depend on the choice (a prior's, a
+guide's or a likelihood's are the parameters of its ``_target_``); each
 group's YAML files in ``conf/<group>`` declare them, and validation checks a configuration
 against the defaults of the chosen files. ``logger`` is a group of which none, one or
 several options are chosen (``logger=[tensorboard,mlflow]``): each adds its own node
@@ -179,13 +179,14 @@ class Config:
     likelihood: Any = MISSING
     network: Any = MISSING
     prior: Any = MISSING
+    guide: Any = MISSING
     estimator: Any = MISSING
     optim: Any = MISSING
     # Experiment trackers, none or several (logger=[tensorboard,mlflow]): one node each
     logger: Dict[str, Any] = field(default_factory=dict)
 
 
-GROUPS = ("dataset", "likelihood", "network", "prior", "estimator", "optim")
+GROUPS = ("dataset", "likelihood", "network", "prior", "guide", "estimator", "optim")
 
 #: Allowed values of the dataset group's keys (its YAML files declare which keys it has).
 DATASET_KEYS: dict[str, Allowed] = {

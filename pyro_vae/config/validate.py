@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 from ..errors import ArgumentError, ConfigError
 from ..estimators import build_estimator
 from ..fast import FAST_ESTIMATORS
+from ..guides import build_guide
 from ..layers import VAMP_ON_STACK
 from ..likelihoods import build_likelihood
 from ..methods.base import prior_depends_on
@@ -173,10 +174,10 @@ def _check_name(key: str, value: Any, allowed: Sequence[str]) -> None:
         raise ConfigError.refuse(key, value, check.describe(value))
 
 
-# The prior, likelihood and network blocks are checked by building them instead: their
+# The prior, likelihood, network and guide blocks are checked by building them instead: their
 # ``name`` is a free label and their keys are the parameters of a ``_target_``, which a
 # user may point at any distribution family or at a class of their own.
-_SELF_VALIDATING_GROUPS = ("prior", "likelihood", "network")
+_SELF_VALIDATING_GROUPS = ("prior", "likelihood", "network", "guide")
 
 
 def _choice(group: str, node: Mapping[str, Any]) -> tuple[str, Any]:
@@ -277,6 +278,7 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig, *, here: bool = True) -
     prior, encoder = build_prior_for_validation(plain["prior"], top_dim)
     if layers and isinstance(prior, VampPrior):
         raise ConfigError(f"prior: {VAMP_ON_STACK}")
+    build_guide_for_validation(plain["guide"], plain["latent_dim"])
     _within("likelihood", build_likelihood, plain["likelihood"])
     _within("network", check_network, plain["network"])
     estimator = _within("estimator", build_estimator, plain["estimator"], plain["num_particles"])
@@ -346,16 +348,33 @@ def prior_spec(node: Mapping[str, Any]) -> dict[str, Any]:
     A node without ``_target_`` names a shipped configuration file (``{"name": "laplace"}``),
     whose values the other keys of the node override.
     """
+    return _group_spec("prior", node)
+
+
+def guide_spec(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The guide node of a configuration as :func:`~pyro_vae.guides.build_guide` takes it
+    (a node without ``_target_`` names a shipped file, as for :func:`prior_spec`)."""
+    return _group_spec("guide", node)
+
+
+def _group_spec(group: str, node: Mapping[str, Any]) -> dict[str, Any]:
     params = dict(node)
     if "_target_" not in params:
         name = params.get("name")
-        if name not in config_choices("prior"):
+        if name not in config_choices(group):
             raise ConfigError.refuse(
-                "prior.name", name, f"one of {config_choices('prior')}, or a prior._target_"
+                f"{group}.name", name, f"one of {config_choices(group)}, or a {group}._target_"
             )
-        shipped = OmegaConf.to_container(OmegaConf.load(_config_file("prior", name)))
+        shipped = OmegaConf.to_container(OmegaConf.load(_config_file(group, name)))
         params = {**shipped, **params}
     return params
+
+
+def build_guide_for_validation(node: Mapping[str, Any], latent_dim: int) -> Any:
+    """Build the guide family once, without touching the caller's random stream: a bad
+    guide node is refused (naming ``guide.<key>``) before any data are read."""
+    with torch.random.fork_rng(devices=[]):
+        return _within("guide", build_guide, guide_spec(node), latent_dim, x_dim=1)
 
 
 def build_prior_for_validation(node: Mapping[str, Any], latent_dim: int) -> tuple[Any, Any]:
