@@ -40,7 +40,7 @@ from .errors import (
 )
 from .estimators import ESTIMATORS, build_estimator
 from .evaluate import active_units, evaluate, importance_log_likelihood, mean_elbo
-from .guides import DiagonalGaussian, GuideFamily, build_guide
+from .guides import IAF, DiagonalGaussian, FullCovariance, GuideFamily, Planar, build_guide
 from .likelihoods import (
     LIKELIHOODS,
     Bernoulli,
@@ -129,7 +129,10 @@ __all__ = [
     "DataNotFoundError",
     "Dataset",
     "DiagonalGaussian",
+    "FullCovariance",
     "GuideFamily",
+    "IAF",
+    "Planar",
     "EstimatorError",
     "Factorized",
     "Gaussian",

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .checks import SEED, Allowed, check_arguments, integer
 from .data import check_data_for_likelihood
 from .errors import DataError, refuse
+from .guides import DiagonalGaussian
 from .likelihoods import Bernoulli
 from .model import VAE
 from .networks import MLPDecoder
@@ -126,7 +127,9 @@ def active_units_per_layer(
     is the encoder's mean; an upper layer's is a Monte Carlo mean over 200 draws of q
     (:meth:`~pyro_vae.model.VAE.posterior_means`), from a fixed seed of its own, so the
     count is the same every time and the caller's random stream is left alone."""
-    if getattr(vae, "stack", None) is None:
+    family = getattr(vae, "guide_family", None)
+    diagonal = family is None or isinstance(family, DiagonalGaussian)
+    if getattr(vae, "stack", None) is None and diagonal:
         loc = torch.cat([vae.encoder(x[s])[0] for s in _chunks(x.shape[0], batch_size)])
         return [int((loc.var(dim=0) > threshold).sum().item())]
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):

@@ -86,6 +86,12 @@ IMAGE_SHAPE = Allowed(
     ),
 )
 
+#: Why a VampPrior takes only the diagonal Gaussian guide.
+VAMP_NEEDS_DIAGONAL = (
+    "the VampPrior's components are the encoder's diagonal Gaussians at its pseudo-inputs, "
+    "not this guide family's q(z|u); use guide=diagonal with prior=vamp, or another prior"
+)
+
 #: The guide family of runs recorded before there was a choice: the paper's diagonal Gaussian.
 DEFAULT_GUIDE = {"name": "diagonal", "_target_": "pyro_vae.guides.DiagonalGaussian"}
 
@@ -208,6 +214,8 @@ class VAE(PyroModule):
                 f"a guide family over R^{guide.latent_dim}",
                 f"a family over the first layer's R^{self.latent_dim}",
             )
+        if isinstance(prior, VampPrior) and not isinstance(guide, DiagonalGaussian):
+            raise ArgumentError(f"guide={guide.name}: {VAMP_NEEDS_DIAGONAL}", "guide")
         #: q(z|x)'s family (:mod:`pyro_vae.guides`), applied to the encoder's output.
         self.guide_family = guide
         guide.bind(self)
@@ -250,9 +258,31 @@ class VAE(PyroModule):
     def posterior_means(self, x: torch.Tensor) -> list[torch.Tensor]:
         """E_q[z_l | x] for each stochastic layer, [M, dim_l]: the encoder's loc for the
         first, Monte Carlo over q's upper layers for the others
-        (:meth:`~pyro_vae.layers.LatentStack.posterior_means`)."""
-        loc, scale = self.encoder(x)
-        return self.stack.posterior_means(loc, scale) if self.stack is not None else [loc]
+        (:meth:`~pyro_vae.layers.LatentStack.posterior_means`). With another guide family
+        than the diagonal Gaussian, E_q[z_1|x] is q's mean where it has one (full covariance:
+        its loc), else the mean of ``num_samples`` draws (a flow's), and the upper layers'
+        are Rao-Blackwellised means over those draws of z_1."""
+        if isinstance(self.guide_family, DiagonalGaussian):
+            loc, scale = self.encoder(x)
+            return self.stack.posterior_means(loc, scale) if self.stack is not None else [loc]
+        return self._posterior_means_of_family(x)
+
+    @torch.no_grad()
+    def _posterior_means_of_family(self, x: torch.Tensor, num_samples: int = 200) -> list:
+        q = self.encode(x)
+        try:
+            first = q.mean
+        except NotImplementedError:
+            first = None
+        if first is not None and self.stack is None:
+            return [first]
+        z = q.sample((num_samples,))
+        means = [z.mean(0) if first is None else first]
+        for _, layer in self.stack.upward() if self.stack is not None else ():
+            q_up = layer.distribution(z)
+            means.append(q_up.mean.mean(0))
+            z = q_up.sample()
+        return means
 
     @classmethod
     def mlp(

@@ -25,11 +25,11 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 from ..errors import ArgumentError, ConfigError
 from ..estimators import build_estimator
 from ..fast import FAST_ESTIMATORS
-from ..guides import build_guide
+from ..guides import DiagonalGaussian, build_guide, check_estimator
 from ..layers import VAMP_ON_STACK
 from ..likelihoods import build_likelihood
 from ..methods.base import prior_depends_on
-from ..model import check_network
+from ..model import VAMP_NEEDS_DIAGONAL, check_network
 from ..networks import GaussianEncoder
 from ..priors import VampPrior, build_prior
 from ..training.loggers import build_loggers
@@ -278,7 +278,9 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig, *, here: bool = True) -
     prior, encoder = build_prior_for_validation(plain["prior"], top_dim)
     if layers and isinstance(prior, VampPrior):
         raise ConfigError(f"prior: {VAMP_ON_STACK}")
-    build_guide_for_validation(plain["guide"], plain["latent_dim"])
+    guide = build_guide_for_validation(plain["guide"], plain["latent_dim"])
+    if isinstance(prior, VampPrior) and not isinstance(guide, DiagonalGaussian):
+        raise ConfigError(f"prior=vamp with guide={guide.name}: {VAMP_NEEDS_DIAGONAL}")
     _within("likelihood", build_likelihood, plain["likelihood"])
     _within("network", check_network, plain["network"])
     estimator = _within("estimator", build_estimator, plain["estimator"], plain["num_particles"])
@@ -305,6 +307,12 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig, *, here: bool = True) -
         )
     if method == "mcem":
         _check_fields(plain["mcem"], schema.MCEMConfig, "mcem.")
+    if method == "aevb":
+        fast = FAST_ESTIMATORS[plain["estimator"]["name"]] if plain["fast"] else None
+        try:
+            check_estimator(guide, estimator, fast)
+        except ArgumentError as e:
+            raise ConfigError(str(e)) from None
     _validated.add(canonical)
     return plain
 

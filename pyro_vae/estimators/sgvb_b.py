@@ -101,6 +101,18 @@ class SGVB_B(ParticleELBO):
         if diagonal_normal(prior_fn) is None:
             raise _no_closed_form(prior_fn, "the prior p(z)", "z")
 
+    @staticmethod
+    def check_guide(family) -> None:
+        """Refuse, before training starts, a guide family (``pyro_vae.guides``) whose KL
+        from the prior eq. 10 does not give: one that says ``closed_form_kl = False``."""
+        if not getattr(family, "closed_form_kl", True):
+            raise EstimatorError(
+                f"estimator=sgvb_b computes KL(q || p) in closed form (eq. 10), which needs a "
+                f"diagonal Gaussian q; guide={getattr(family, 'name', family)} has no such "
+                "closed form. Use estimator=sgvb_a (eq. 6, any guide), stl or dreg, or "
+                "estimator=meanfield (torch's KL registry, Monte Carlo where it has none)"
+            )
+
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace
     ) -> tuple[torch.Tensor, torch.Tensor]:

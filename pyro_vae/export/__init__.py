@@ -41,6 +41,7 @@ from torch import nn
 
 from ..atomic import atomic_write
 from ..errors import ArgumentError, refuse
+from ..guides import DiagonalGaussian
 from ..likelihoods import (
     Bernoulli,
     Beta,
@@ -101,6 +102,13 @@ def export_model(
     vae, meta, origin = _source(source, checkpoint)
     if getattr(vae, "stack", None) is not None:
         vae.require_one_layer("pyro-vae export (an encoder x -> z and a decoder z -> x)")
+    family = getattr(vae, "guide_family", None)
+    if part != "decoder" and family is not None and not isinstance(family, DiagonalGaussian):
+        raise ArgumentError(
+            f"pyro-vae export writes the encoder's (loc, scale) of a diagonal Gaussian q(z|x); "
+            f"this VAE's guide={family.name} adds parts of its own that are not exported: "
+            "export part=decoder, or load the run with pyro_vae.load_run"
+        )
     if x_dim is not None:
         meta["x_dim"] = x_dim
     out = Path(out_dir)

@@ -10,6 +10,7 @@ from pyro.infer import ELBO
 from ..errors import refuse
 from ..estimators import build_estimator
 from ..fast import FAST_ESTIMATORS, direct_bound
+from ..guides import check_estimator
 from ..model import VAE
 from ..optim import OptimizerFactory, check_finite_loss, guarded_step, set_lr
 from .base import default_optimizer, register
@@ -66,6 +67,8 @@ class AEVB:
             raise refuse("fast", True, "false with an estimator object (fast needs its name)")
         else:
             self.fast_estimator, name = None, type(estimator).__name__
+        fast_kind = FAST_ESTIMATORS[self.fast_estimator] if self.fast_estimator else None
+        check_estimator(vae.guide_family, estimator, fast_kind)
         #: The method in a few words, for messages.
         self.description = f"method=aevb, estimator={name}"
         self.elbo, self.num_particles = estimator, num_particles
