@@ -407,6 +407,9 @@ class ParticleELBO(ELBO):
     #: False makes latent sites non-reparameterised (sampled with ``.sample()``); True
     #: refuses a guide site without ``rsample``.
     reparameterized = True
+    #: The objective whose gradient this estimates (``elbo``, ``iwae`` for L_K, ``rws``):
+    #: what the variance lab measures its bias against (:mod:`~pyro_vae.estimators.enum`).
+    target = "elbo"
 
     def __init__(self, num_particles: int = 1, max_plate_nesting: int | None = None):
         if not (
@@ -430,9 +433,11 @@ class ParticleELBO(ELBO):
             self.max_plate_nesting = self.plate_nesting + 1
         particles = pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-(self.plate_nesting + 1))
         model, guide = particles(model), particles(guide)
-        if not self.reparameterized:
-            # Outermost, so it acts after every plate has expanded the distribution.
-            guide = NonReparameterized()(guide)
+        # Outermost, so they act after every plate has expanded the distributions.
+        for handler in self.guide_handlers():
+            guide = handler(guide)
+        for handler in self.model_handlers():
+            model = handler(model)
         # Pyro's get_importance_trace, keeping the guide's unpruned trace for fixed_point.
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
@@ -451,6 +456,17 @@ class ParticleELBO(ELBO):
                     if site["type"] == "sample":
                         check_site_shape(site, self.max_plate_nesting)
         return model_trace, guide_trace
+
+    def guide_handlers(self) -> list[pyro.poutine.messenger.Messenger]:
+        """Handlers put around the guide, outside the particle plate (so they see the
+        distributions as the plates expanded them): :class:`NonReparameterized` where the
+        estimator is not pathwise (``reparameterized = False``); the relaxations and REBAR
+        swap or draw the discrete sites here."""
+        return [] if self.reparameterized else [NonReparameterized()]
+
+    def model_handlers(self) -> list[pyro.poutine.messenger.Messenger]:
+        """Handlers put around the model, outside the particle plate (none here)."""
+        return []
 
     def layout(self, model_trace: Trace, guide_trace: Trace) -> Layout:
         """The traces' :class:`Layout` (units of importance weighting, outer scale)."""

@@ -53,6 +53,7 @@ class DReG_ELBO(ParticleELBO):
     """
 
     name = "dreg"
+    target = "iwae"
 
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace

@@ -33,6 +33,7 @@ class IWAE_ELBO(ParticleELBO):
     """
 
     name = "iwae"
+    target = "iwae"
 
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace

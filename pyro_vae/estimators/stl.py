@@ -61,6 +61,7 @@ class IWAE_STL_ELBO(ParticleELBO):
     """
 
     name = "iwae_stl"
+    target = "iwae"
 
     def bound_and_surrogate(
         self, model_trace: Trace, guide_trace: Trace

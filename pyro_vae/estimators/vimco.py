@@ -38,6 +38,7 @@ class VIMCO_ELBO(ParticleELBO):
     """
 
     name = "vimco"
+    target = "iwae"
     reparameterized = False
 
     def __init__(self, num_particles: int = 2, max_plate_nesting: int | None = None):
