@@ -61,6 +61,7 @@ class Enum_ELBO(GuessedNesting, TraceEnum_ELBO):
             num_particles=num_particles,
             vectorize_particles=True,
             max_plate_nesting=pyro_plate_nesting(max_plate_nesting),
+            strict_enumeration_warning=False,  # a model without discrete sites: sampled
         )
 
     def loss(self, model, guide, *args, **kwargs):

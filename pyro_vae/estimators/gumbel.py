@@ -144,7 +144,9 @@ class GumbelSoftmax_ELBO(ParticleELBO):
     """
 
     name = "gumbel"
-    reparameterized = True
+    # Pathwise on the relaxed sites, but it takes guides without rsample (the discrete ones,
+    # which Relax swaps): the check is Relax's, not check_reparameterized's.
+    reparameterized = False
     straight_through = False
 
     def __init__(

@@ -67,13 +67,14 @@ class DrawDiscrete(Messenger):
         if not self.enabled or msg["is_observed"] or site_is_subsample(msg):
             return
         site = discrete_site(msg["fn"])
+        if site is None and getattr(msg["fn"], "has_rsample", False):
+            return  # a continuous reparameterised site: pathwise, as it is
         if site is None:
             raise EstimatorError(
                 f"estimator={self.estimator} builds its control variate from the Concrete "
                 "relaxation of Bernoulli and one-hot categorical latent sites, but site "
-                f"{msg['name']!r} ({describe_distribution(msg['fn'])}) is neither; use "
-                "estimator=score_function, nvil or vimco (continuous sites: a pathwise "
-                "estimator)"
+                f"{msg['name']!r} ({describe_distribution(msg['fn'])}) is neither, nor "
+                "reparameterisable; use estimator=score_function, nvil or vimco"
             )
         u, v = site.noise()
         z = site.perturbed(u)
@@ -127,7 +128,9 @@ class REBAR_ELBO(ParticleELBO):
     (:func:`~pyro_vae.discrete.discrete_site`), none whose distribution depends on another
     latent site's value (one stochastic layer: the REBAR paper's multi-layer SBNs need the
     relaxation carried through q's later layers, which this does not do; a guide with
-    dependent sites is refused by name: use vimco, nvil or rws).
+    dependent sites is refused by name: use vimco, nvil or rws). Continuous
+    reparameterised sites are left pathwise (their parameters get grad f(b) through the
+    draw), so on a model without discrete sites this is estimator A.
     """
 
     name = "rebar"
@@ -191,15 +194,16 @@ class REBAR_ELBO(ParticleELBO):
         self._drawer.draws = {}
         return [self._drawer]
 
-    def _check_independent(self, draws: dict[str, Draw]) -> None:
+    def _check_independent(self, draws: dict[str, Draw], guide_trace: Trace) -> None:
         """Refuse a guide one of whose discrete sites' logits depend on another latent
-        site's value (a second stochastic layer)."""
+        site's value (a second stochastic layer, or a continuous latent above it)."""
         self._checked_independent = True
-        if len(draws) < 2:
+        latent = [n for n, _ in sample_sites(guide_trace, observed=False)]
+        if len(latent) < 2:
             return
         _, guide, args, kwargs, unpruned = self._replay
         fixed, leaves = unpruned.copy(), {}
-        for name in draws:
+        for name in latent:
             leaf = unpruned.nodes[name]["value"].detach().requires_grad_(True)
             fixed.nodes[name] = {**unpruned.nodes[name], "value": leaf}
             leaves[name] = leaf
@@ -211,15 +215,13 @@ class REBAR_ELBO(ParticleELBO):
             self._drawer.enabled = True
         for name in draws:
             logits = discrete_site(trace.nodes[name]["fn"]).logits
-            others = [leaves[o] for o in draws if o != name]
+            others = [o for o in latent if o != name]
             if not logits.requires_grad:
                 continue
-            grads = torch.autograd.grad(logits.sum(), others, allow_unused=True)
-            parents = [
-                o
-                for o, g in zip([o for o in draws if o != name], grads, strict=True)
-                if g is not None
-            ]
+            grads = torch.autograd.grad(
+                logits.sum(), [leaves[o] for o in others], allow_unused=True
+            )
+            parents = [o for o, g in zip(others, grads, strict=True) if g is not None]
             if parents:
                 raise EstimatorError(
                     f"estimator={self.name} handles guides whose discrete sites are independent "
@@ -275,7 +277,7 @@ class REBAR_ELBO(ParticleELBO):
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in logits):
             return bound, scale * f_b.mean(0).sum()
         if not self._checked_independent:
-            self._check_independent(draws)
+            self._check_independent(draws, guide_trace)
         control = self.control
         if control is None:
             control = self._build(logits[0], self.net_input_dim(draws, layout))
