@@ -24,6 +24,7 @@ from .data import (
     tensor_dataset,
     tensor_from_torch_data,
 )
+from .diagnostics import inference_gaps, kl_per_dimension, mutual_information, plot_diagnostics
 from .errors import (
     ArgumentError,
     CheckpointError,
@@ -165,6 +166,10 @@ __all__ = [
     "build_optimizer",
     "build_prior",
     "evaluate",
+    "inference_gaps",
+    "kl_per_dimension",
+    "mutual_information",
+    "plot_diagnostics",
     "evaluate_run",
     "importance_log_likelihood",
     "active_units",

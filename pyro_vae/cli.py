@@ -33,7 +33,12 @@ commands:
   evaluate RUN_DIR [key=value]   test ELBO and importance-sampled log-likelihood
                                  keys: num_samples (K, default from the run: 1000),
                                        checkpoint (last.pt), device, seed,
-                                       progress (true: a bar with the time left)
+                                       progress (true: a bar with the time left),
+                                       mi_points (1000: I(x;z) under q; 0 skips it),
+                                       gap_points (0; N > 0: the approximation and
+                                       amortisation gaps on N test points), gap_steps
+                                       (500), gap_lr (0.01), gap_samples (10),
+                                       gap_elbo_samples (1000)
   plot RUN_DIR [key=value]       ELBO curves, 2-D manifold, samples, reconstructions
                                  keys: checkpoint (last.pt)
   export RUN_DIR [key=value]     the trained decoder and/or encoder as plain torch modules,
@@ -241,7 +246,19 @@ def cmd_evaluate(args: Sequence[str]) -> int:
     run_dir, rest = _split_run_dir(args, "evaluate")
     opts = parse_key_values(
         rest,
-        {"num_samples": int, "checkpoint": str, "device": str, "seed": int, "progress": _bool},
+        {
+            "num_samples": int,
+            "checkpoint": str,
+            "device": str,
+            "seed": int,
+            "progress": _bool,
+            "mi_points": int,
+            "gap_points": int,
+            "gap_steps": int,
+            "gap_lr": float,
+            "gap_samples": int,
+            "gap_elbo_samples": int,
+        },
         "evaluate",
     )
     result = evaluate_run(run_dir, **opts)
@@ -258,6 +275,24 @@ def cmd_evaluate(args: Sequence[str]) -> int:
             f"exact log p(x) {result['test_exact_log_likelihood']:.2f} nats: the ELBO is "
             f"{result['elbo_gap']:.3f} and the importance-sampled estimate "
             f"{result['importance_gap']:.3f} nats below it"
+        )
+    if "mutual_information" in result:
+        kl = (
+            f"; KL per dimension sums to {result['kl_sum']:.2f} nats, "
+            f"{result['collapsed_dims']} dimensions under 0.01"
+            if "kl_sum" in result
+            else ""
+        )
+        print(
+            f"I(x; z) under q {result['mutual_information']:.2f} ± "
+            f"{result['mutual_information_se']:.2f} nats ({result['mi_points']} points){kl}"
+        )
+    if "approximation_gap" in result:
+        print(
+            f"inference gap {result['inference_gap']:.2f} nats on {result['gap_points']} "
+            f"points = approximation {result['approximation_gap']:.2f} + amortisation "
+            f"{result['amortisation_gap']:.2f} (local optimisation: {result['gap_steps']} "
+            f"steps; log p(x): {result['gap_log_likelihood']})"
         )
     return 0
 

@@ -22,6 +22,13 @@ from tqdm import tqdm
 
 from .checks import SEED, Allowed, check_arguments, integer
 from .data import check_data_for_likelihood
+from .diagnostics import (
+    COLLAPSED_KL,
+    DIAGNOSTIC_CHECKS,
+    inference_gaps,
+    kl_per_dimension,
+    mutual_information,
+)
 from .errors import DataError, refuse
 from .guides import DiagonalGaussian
 from .likelihoods import Bernoulli
@@ -290,10 +297,30 @@ def evaluate(
     batch_size: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    *,
+    mi_points: int = 1000,
+    gap_points: int = 0,
+    gap_steps: int = 500,
+    gap_lr: float = 1e-2,
+    gap_samples: int = 10,
+    gap_elbo_samples: int = 1000,
+    log_likelihood: Any = "auto",
 ) -> dict[str, Any]:
     """Mean ELBO, importance-sampled log p(x) (K = ``num_samples``, with its standard
     error) and active units (:func:`active_units`) of ``vae`` on ``x`` [N, D], from the
-    random state ``seed``.
+    random state ``seed``; and the posterior-collapse dashboard of
+    :mod:`pyro_vae.diagnostics`: the KL per latent dimension (``kl_per_dimension``, where
+    the guide's and the prior's marginals are known) and the mutual information I(x; z)
+    under q on the first ``mi_points`` points (0: not computed).
+
+    ``gap_points`` > 0 adds the inference gaps of :func:`~pyro_vae.diagnostics.
+    inference_gaps` (approximation and amortisation, Cremer et al. 2018) on the first
+    ``gap_points`` points, with the local optimisation's budget ``gap_steps``, ``gap_lr``
+    and ``gap_samples`` draws per step, and ``gap_elbo_samples`` draws for the final
+    estimates; the gaps are measured from log p_theta(x), exact for a linear-Gaussian VAE
+    (``log_likelihood="auto"``), else importance-sampled (or ``log_likelihood``, a function
+    of x). The diagnostics run after
+    the numbers above, so those do not depend on them.
 
     ``x`` is checked first (:func:`check_model_data`: a tensor of finite values, in the
     likelihood's support, of the model's width) and so are ``num_samples``, ``batch_size``
@@ -305,6 +332,19 @@ def evaluate(
     check_arguments(
         {"num_samples": num_samples, "batch_size": batch_size, "seed": seed}, EVALUATE_CHECKS
     )
+    check_arguments(
+        {
+            "mi_points": mi_points,
+            "gap_points": gap_points,
+            "gap_steps": gap_steps,
+            "gap_lr": gap_lr,
+            "gap_samples": gap_samples,
+            "gap_elbo_samples": gap_elbo_samples,
+        },
+        DIAGNOSTIC_CHECKS,
+    )
+    if gap_points:
+        vae.require_one_layer("the inference gaps (gap_points=)")
     if not isinstance(progress, bool):
         raise refuse("progress", progress, "true or false")
     x = check_model_data(vae, x)
@@ -314,6 +354,20 @@ def evaluate(
     ll = importance_log_likelihood(vae, x, num_samples, progress=progress)
     per_layer = active_units_per_layer(vae, x, batch_size=batch_size)  # after the draws
     active = sum(per_layer)
+    diagnostics = collapse_diagnostics(vae, x, mi_points, batch_size)
+    if gap_points:
+        gaps = inference_gaps(
+            vae,
+            x,
+            gap_points,
+            gap_steps,
+            gap_lr,
+            gap_samples,
+            gap_elbo_samples,
+            seed,
+            log_likelihood,
+        )
+        diagnostics.update(gaps)
     seconds = time.perf_counter() - start
     return {
         "test_elbo": elbo,
@@ -324,5 +378,24 @@ def evaluate(
         **({"active_units_per_layer": per_layer} if len(per_layer) > 1 else {}),
         "latent_dim": vae.latent_dim,
         **({"latent_dims": list(vae.stack.dims)} if len(per_layer) > 1 else {}),
+        **diagnostics,
         "evaluation_seconds": round(seconds, 2),
     }
+
+
+def collapse_diagnostics(
+    vae: VAE, x: torch.Tensor, mi_points: int = 1000, batch_size: int = 1000
+) -> dict[str, Any]:
+    """The posterior-collapse dashboard beside the active units: ``kl_per_dimension`` (a
+    list, nats; absent where the marginals are not known: a flow guide, upper layers) with
+    its sum ``kl_sum`` and the number of dimensions under 0.01 nats, ``collapsed_dims``; and
+    the mutual information I(x; z) under q on the first ``mi_points`` points."""
+    out: dict[str, Any] = {}
+    kl = kl_per_dimension(vae, x, batch_size=batch_size)
+    if kl is not None:
+        out["kl_per_dimension"] = [round(v, 6) for v in kl.tolist()]
+        out["kl_sum"] = kl.sum().item()
+        out["collapsed_dims"] = int((kl < COLLAPSED_KL).sum().item())
+    if mi_points and x.shape[0] >= 2:
+        out.update(mutual_information(vae, x, mi_points))
+    return out

@@ -383,6 +383,10 @@ class FlowPosterior(dist.TorchDistribution):
         self._last = (z, log_q)
         return z
 
+    def sample(self, sample_shape: Any = ()) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._last is not None and value is self._last[0]:
             return self._last[1]

@@ -358,6 +358,12 @@ def prior_quantiles(prior: dist.TorchDistribution, u: torch.Tensor) -> tuple[tor
     return samples[idx], "empirical quantiles of 2^16 prior samples"
 
 
+def prior_marginals(prior: dist.TorchDistribution) -> dist.TorchDistribution | None:
+    """The D univariate marginals of ``prior`` (a factorised family's, a diagonal Gaussian
+    mixture's) as one distribution of batch shape [D]; None where they are not known."""
+    return _marginals(prior)
+
+
 def _marginals(prior: dist.TorchDistribution) -> dist.TorchDistribution | None:
     """The D univariate marginals of ``prior`` as one distribution of batch shape [D]."""
     d = prior.event_shape[0]

@@ -20,6 +20,7 @@ import torch
 
 from .checks import DEVICES, resolve_device
 from .data import RunData, load_dataset, prepare_data
+from .diagnostics import plot_diagnostics
 from .errors import ArgumentError, RunDirError, refuse
 from .evaluate import EVALUATE_CHECKS, evaluate
 from .likelihoods import get_likelihood
@@ -187,6 +188,7 @@ def evaluate_run(
     seed: int = 0,
     vae: VAE | None = None,
     progress: bool = True,
+    **diagnostics: Any,
 ) -> dict[str, Any]:
     """Test ELBO and importance-sampled log p(x) of a run (:func:`~pyro_vae.evaluate.evaluate`
     with K = ``num_samples``, default the run's ``eval_num_samples``); written into its
@@ -203,7 +205,16 @@ def evaluate_run(
     of a run that is training (or being evaluated) is refused with a
     :class:`~pyro_vae.errors.RunDirError`, and training cannot start in it meanwhile.
     ``vae``: the model to load the run into (a model of your own). ``progress``: a bar with
-    the time left (:func:`~pyro_vae.evaluate.evaluate`)."""
+    the time left (:func:`~pyro_vae.evaluate.evaluate`).
+
+    ``diagnostics``: :func:`~pyro_vae.evaluate.evaluate`'s settings of the posterior
+    diagnostics (``mi_points``, ``gap_points``, ``gap_steps``, ``gap_lr``, ``gap_samples``,
+    ``gap_elbo_samples``). Their figure (:func:`~pyro_vae.diagnostics.plot_diagnostics`: KL per
+    dimension, the gaps) is written to ``figures/diagnostics.png`` (beside a checkpoint
+    other than the final model: ``figures/diagnostics_<checkpoint>.png``)."""
+    unknown = sorted(set(diagnostics) - set(DIAGNOSTIC_KEYS))
+    if unknown:
+        raise refuse(unknown[0], diagnostics[unknown[0]], f"a key among {list(DIAGNOSTIC_KEYS)}")
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise RunDirError(f"run directory {run.path} does not exist")
@@ -218,7 +229,7 @@ def evaluate_run(
         data = loaded.data()
         test = data.test
         batch_size = cfg.get("eval_batch_size", 1000)
-        result = evaluate(loaded.vae, test, k, batch_size, seed, progress=progress)
+        result = evaluate(loaded.vae, test, k, batch_size, seed, progress=progress, **diagnostics)
         seconds = result.pop("evaluation_seconds")
         exact = exact_log_likelihood(data.dataset, test)
         if exact:
@@ -231,13 +242,45 @@ def evaluate_run(
         checkpoint = checkpoint_to_load(loaded.run, checkpoint)
         result.update(evaluated_checkpoint=checkpoint, evaluation_seconds=seconds)
         summary = run.summary()
-        if is_final_model(run, checkpoint, loaded.checkpoint, summary):
+        final = is_final_model(run, checkpoint, loaded.checkpoint, summary)
+        _diagnostics_figure(run, result, None if final else checkpoint)
+        tracked = {**result, **_per_dimension(result)}
+        if final:
             run.update_summary(**result)
-            log_evaluation(run, result)
+            log_evaluation(run, tracked)
         else:  # beside the run's own numbers, not over them
             run.update_summary(evaluations={**summary.get("evaluations", {}), checkpoint: result})
-            log_evaluation(run, result, _checkpoint_step(run, checkpoint, loaded.checkpoint))
+            log_evaluation(run, tracked, _checkpoint_step(run, checkpoint, loaded.checkpoint))
     return result
+
+
+#: The settings of the posterior diagnostics :func:`evaluate_run` passes to evaluate().
+DIAGNOSTIC_KEYS = (
+    "mi_points",
+    "gap_points",
+    "gap_steps",
+    "gap_lr",
+    "gap_samples",
+    "gap_elbo_samples",
+)
+
+
+def _per_dimension(result: Mapping[str, Any]) -> dict[str, float]:
+    """The KL per dimension as numbers an experiment tracker plots (``kl_dim/<j>``)."""
+    return {f"kl_dim/{j}": v for j, v in enumerate(result.get("kl_per_dimension") or [])}
+
+
+def _diagnostics_figure(run: RunDir, result: dict[str, Any], checkpoint: str | None) -> None:
+    """figures/diagnostics.png of an evaluation, where it has something to draw; a figure
+    that cannot be written is a warning, never an error of the evaluation."""
+    if "kl_per_dimension" not in result and "approximation_gap" not in result:
+        return
+    name = "diagnostics.png" if checkpoint is None else f"diagnostics_{Path(checkpoint).stem}.png"
+    try:
+        path = plot_diagnostics(result, run.figure_dir / name, title=str(run.path))
+        result["diagnostics_figure"] = str(path.relative_to(run.path))
+    except OSError as e:
+        logger.warning("the diagnostics figure was not written: %s", e)
 
 
 def is_final_model(
