@@ -166,7 +166,7 @@ def _fused_bernoulli(vae: VAE) -> Callable[[torch.Tensor, int], torch.Tensor] | 
 
     def log_weights(x: torch.Tensor, num_samples: int) -> torch.Tensor:
         q = vae.encode(x)
-        z = q.rsample((num_samples,))
+        z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
         h = dec.trunk(z)  # [K, M, H]
         x_dot_l = (h * (x @ head.weight)).sum(-1)
         if head.bias is not None:

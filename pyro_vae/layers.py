@@ -90,17 +90,35 @@ class LatentStack(nn.Module):
     An empty ``layers`` is a stack of one layer: no parameters, and the VAE's one site ``z``.
     """
 
-    def __init__(self, first_dim: int, layers: Sequence[Mapping[str, Any]], activation: str):
+    def __init__(
+        self,
+        first_dim: int,
+        layers: Sequence[Mapping[str, Any]],
+        activation: str,
+        latent: str = "gaussian",
+        num_categories: int | None = None,
+    ):
         super().__init__()
         self.specs = layer_specs(layers)
         dims = [first_dim] + [s["latent_dim"] for s in self.specs]
         self.dims = tuple(dims)
+        #: The layers' family: ``gaussian``, or a discrete one (:mod:`pyro_vae.latents`).
+        self.latent = latent
         self.up = nn.ModuleList()
         self.down = nn.ModuleList()
         for lower, upper, spec in zip(dims, dims[1:], self.specs, strict=False):
             hidden = spec["hidden_dims"]
-            self.up.append(ConditionalGaussian(lower, upper, hidden, activation))
-            self.down.append(ConditionalGaussian(upper, lower, hidden[::-1], activation))
+            if latent == "gaussian":
+                self.up.append(ConditionalGaussian(lower, upper, hidden, activation))
+                self.down.append(ConditionalGaussian(upper, lower, hidden[::-1], activation))
+                continue
+            from .latents import conditional_layer  # discrete layers: sigmoid or softmax
+
+            extra = {"num_categories": num_categories} if latent == "categorical" else {}
+            self.up.append(conditional_layer(latent, lower, upper, hidden, activation, **extra))
+            self.down.append(
+                conditional_layer(latent, upper, lower, hidden[::-1], activation, **extra)
+            )
 
     def __len__(self) -> int:
         """The number of stochastic layers, z_1 included."""
@@ -135,7 +153,7 @@ class LatentStack(nn.Module):
         zs = [z1]
         for _, layer in self.upward():
             q = layer.distribution(zs[-1])
-            zs.append(q.rsample())
+            zs.append(q.rsample() if q.has_rsample else q.sample())
             log_q = log_q + q.log_prob(zs[-1])
         return zs, log_q
 

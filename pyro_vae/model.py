@@ -31,6 +31,14 @@ from torch import nn
 from .checks import HIDDEN_DIMS, Allowed, check_arguments, integer, one_of, positive, resolve_device
 from .errors import ArgumentError, refuse
 from .guides import DiagonalGaussian, GuideFamily, GuideLike, build_guide
+from .latents import (
+    DISCRETE_PRIORS,
+    LogitsEncoder,
+    check_prior,
+    default_prior,
+    latent_family,
+    num_categories_of,
+)
 from .layers import VAMP_ON_STACK, LatentStack, layer_specs
 from .likelihoods import LikelihoodLike, get_likelihood, likelihood_heads, upgrade_settings
 from .networks import (
@@ -187,7 +195,11 @@ class VAE(PyroModule):
                 raise ArgumentError("VAE needs a prior, or latent_dim for the N(0, I) prior")
             if self.stack is not None:
                 latent_dim = self.stack.top_dim
-            prior = StandardNormal(latent_dim)
+            family = latent_family(guide)
+            if family == "gaussian":
+                prior = StandardNormal(latent_dim)
+            else:  # Bernoulli(1/2), the uniform categorical
+                prior = default_prior(family, latent_dim, num_categories_of(guide))
         elif isinstance(prior, torch.distributions.Distribution):
             prior = _FixedPrior(prior)
         elif not isinstance(prior, Prior):
@@ -216,6 +228,8 @@ class VAE(PyroModule):
             )
         if isinstance(prior, VampPrior) and not isinstance(guide, DiagonalGaussian):
             raise ArgumentError(f"guide={guide.name}: {VAMP_NEEDS_DIAGONAL}", "guide")
+        if latent_family(guide) != "gaussian" or isinstance(prior, DISCRETE_PRIORS):
+            check_prior(latent_family(guide), prior, guide.name)
         #: q(z|x)'s family (:mod:`pyro_vae.guides`), applied to the encoder's output.
         self.guide_family = guide
         guide.bind(self)
@@ -393,12 +407,23 @@ class VAE(PyroModule):
         heads = likelihood_heads(lik)
         hidden_dims = list(hidden_dims)
         name = spec.get("name")
-        if name == "mlp":
-            encoder: nn.Module = GaussianEncoder(x_dim, latent_dim, hidden_dims, activation)
+        family = latent_family(guide)
+        if name == "mlp" and family != "gaussian":  # q's logits (pyro_vae.latents)
+            encoder: nn.Module = LogitsEncoder(x_dim, latent_dim, hidden_dims, activation)
             decoder: nn.Module = MLPDecoder(latent_dim, x_dim, hidden_dims[::-1], activation, heads)
+        elif name == "mlp":
+            encoder = GaussianEncoder(x_dim, latent_dim, hidden_dims, activation)
+            decoder = MLPDecoder(latent_dim, x_dim, hidden_dims[::-1], activation, heads)
         elif name == "conv":
             from .conv import ConvDecoder, ConvEncoder
 
+            if family != "gaussian":
+                raise ArgumentError(
+                    f"network=conv's encoder gives a Gaussian's (loc, scale), not the logits a "
+                    f"{family} latent takes; use network=mlp, or your own encoder "
+                    "(network.encoder._target_) returning logits [M, latent_dim]",
+                    "network",
+                )
             if image_shape is None:
                 raise ArgumentError(
                     "network=conv needs the images' shape: image_shape=(C, H, W) or (H, W)",
@@ -420,11 +445,17 @@ class VAE(PyroModule):
         init_parameters(encoder, init, init_std)
         init_parameters(decoder, init, init_std)
         layers = layer_specs(upper_layers)
-        stack = LatentStack(latent_dim, layers, activation) if layers else None
+        stack = None
+        if layers and family == "gaussian":
+            stack = LatentStack(latent_dim, layers, activation)
+        elif layers:  # sigmoid (or softmax) layers between discrete stochastic layers
+            stack = LatentStack(latent_dim, layers, activation, family, num_categories_of(guide))
         if stack is not None:
             init_parameters(stack, init, init_std)
         top_dim = stack.top_dim if stack is not None else latent_dim
-        if prior is None:
+        if prior is None and family != "gaussian":
+            prior = default_prior(family, top_dim, num_categories_of(guide))
+        elif prior is None:
             prior = StandardNormal(top_dim)
             prior.name = "standard_normal"
         elif isinstance(prior, Mapping):
@@ -555,7 +586,8 @@ class VAE(PyroModule):
         - sum_l log q(z_{l+1}|z_l), every z_l drawn from q in the guide's order.
         """
         q = self.encode(x)
-        z = q.rsample((num_samples,))
+        # Discrete latents have no rsample: drawn with sample() (no gradient through them).
+        z = q.rsample((num_samples,)) if q.has_rsample else q.sample((num_samples,))
         log_px_z = self.decode(z).log_prob(x)
         if self.stack is None:
             return log_px_z + self.prior().log_prob(z) - q.log_prob(z)

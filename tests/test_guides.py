@@ -83,7 +83,7 @@ def test_settings_recorded_before_guide_families_rebuild_the_diagonal_gaussian()
 @pytest.mark.parametrize(
     ("guide", "key", "message"),
     [
-        ("flow", "name", "name='flow' is not allowed: expected one of ['diagonal'"),
+        ("flow", "name", "name='flow' is not allowed: expected one of ['bernoulli', "),
         (
             {"_target_": "pyro_vae.priors.StandardNormal"},
             "_target_",

@@ -42,6 +42,9 @@ PRESET_GROUPS = ("experiment",)
 # Groups of which none, one or several options are chosen (``logger=[tensorboard,mlflow]``),
 # each option a node of its own under the group's (``logger.tensorboard``), with no ``name``.
 MULTI_GROUPS = ("logger",)
+# Groups chosen with ``group=name`` whose options choose other groups' options and leave no
+# node of their own (``latent=bernoulli``: guide=bernoulli and prior=learnable_bernoulli).
+CHOOSER_GROUPS = ("latent",)
 
 #: A user's own config directories (``pyro-vae train --config-dir DIR``,
 #: ``hydra.searchpath=[file://DIR]``), searched as Hydra searches them: their
@@ -125,7 +128,9 @@ def config_groups() -> list[str]:
     return sorted(
         p.name
         for p in CONF_DIR.iterdir()
-        if p.is_dir() and any(p.glob("*.yaml")) and p.name not in PRESET_GROUPS + MULTI_GROUPS
+        if p.is_dir()
+        and any(p.glob("*.yaml"))
+        and p.name not in PRESET_GROUPS + MULTI_GROUPS + CHOOSER_GROUPS
     )
 
 
@@ -493,7 +498,7 @@ def _check_override_keys(overrides: Sequence[str]) -> None:
             )
         if key.startswith("+") and key[1:] in PRESET_GROUPS:
             _check_name(key, value, config_choices(key[1:]))
-        if key in groups:
+        if key in groups or key in CHOOSER_GROUPS:
             _check_name(key, value, config_choices(key))
             chosen.append(o)
         if key in MULTI_GROUPS:  # logger=tensorboard, logger=[tensorboard,mlflow], logger=[]
@@ -505,7 +510,12 @@ def _check_override_keys(overrides: Sequence[str]) -> None:
     known = _flat_keys(defaults)
     for o in overrides:
         key = o.partition("=")[0]
-        if key not in groups and not key.startswith(("+", "~")) and key not in known:
+        if (
+            key not in groups
+            and key not in CHOOSER_GROUPS
+            and not key.startswith(("+", "~"))
+            and key not in known
+        ):
             group, _, rest = key.partition(".")
             option = rest.partition(".")[0]
             chosen_option = f"{group}.{option}" in known
